@@ -1,0 +1,165 @@
+"""Run folders and checkpoints.
+
+A run folder holds `config.yaml`, `metrics.jsonl`, TensorBoard logs, `checkpoints/step-N/`
+(full training state via `accelerator.save_state`) and `final/` (a Hugging Face model folder
+with its tokenizer). Every folder is written under a temporary name and renamed into place,
+so a kill during a save never leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from pipeline.errors import PipelineError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently overwrite a run; clear it only when asked to."""
+    has_run = (out / "final").exists() or (out / "checkpoints").exists()
+    if has_run and not (resume or overwrite):
+        raise PipelineError(
+            f"{out} already holds a run: pass resume=true to continue it, overwrite=true to start over, "
+            "or --out to write elsewhere"
+        )
+    if resume and latest_checkpoint(out) is None and (out / "final").exists():
+        raise PipelineError(f"{out} holds a finished run with no checkpoint to resume: pass overwrite=true to retrain")
+
+
+def clear_run_dir(out: Path) -> None:
+    for name in ("final", "checkpoints", "metrics.jsonl", "tensorboard", "eval.json", "samples.txt"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = out / "checkpoints"
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = STEP_DIR.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict, keep: int) -> Path:
+    """Save the full training state as checkpoints/step-N, atomically; keep the newest `keep`."""
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for _, old in checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG from `path`; return the trainer state."""
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_files: dict | None = None) -> None:
+    """A Hugging Face model folder (safetensors) with the tokenizer, renamed into place."""
+    if accelerator.is_main_process:
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    accelerator.wait_for_everyone()
+
+
+# ---- reading model folders --------------------------------------------------------------
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+KINDS = {"ForCausalLM": "causal_lm", "ForSequenceClassification": "classifier", "ForQuestionAnswering": "qa"}
+
+
+def inspect_model_folder(path: str | Path):
+    """Check that `path` is a safetensors Hugging Face model folder; return its config."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise PipelineError(f"checkpoint {path} does not exist: pass a model folder such as runs/pretrain/cpu/final")
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path} is not a checkpoint (no config.json): pass a model folder such as "
+                            "runs/pretrain/cpu/final")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise PipelineError(f"{path} holds pickle files ({', '.join(pickles)}), which are never loaded: "
+                            "keep only safetensors weights in a checkpoint folder")
+    if not any(path.glob("*.safetensors")):
+        raise PipelineError(f"{path} has no safetensors weights: save the model with save_pretrained()")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, KeyError) as e:
+        raise PipelineError(f"{path}/config.json is not a valid model config ({str(e).splitlines()[0][:120]})") from None
+
+
+def model_kind(config) -> str:
+    for arch in config.architectures or []:
+        for suffix, kind in KINDS.items():
+            if arch.endswith(suffix):
+                return kind
+    raise PipelineError(f"unknown model kind {config.architectures}: expected a causal LM, classifier or QA model")
+
+
+def load_tokenizer(path: Path, config):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path} has no usable tokenizer ({str(e).splitlines()[0][:120]}): "
+                            "save it beside the model with tokenizer.save_pretrained()") from None
+    if len(tokenizer) > config.vocab_size:
+        raise PipelineError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+                            f"{config.vocab_size} embeddings: they do not belong together; save them from one run")
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path):
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    config = inspect_model_folder(path)
+    if model_kind(config) != "causal_lm":
+        raise PipelineError(f"{path} is a {model_kind(config)} checkpoint, not a causal LM: pass a pretrain final/ folder")
+    tokenizer = load_tokenizer(path, config)
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), tokenizer
+
+
+def newest_final(root: str | Path) -> Path:
+    finals = sorted(Path(root).glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
+    if not finals:
+        raise PipelineError(f"no checkpoint under {root}/*/final: run make pretrain first, or pass CKPT=<folder>")
+    return finals[-1].parent

@@ -1,0 +1,274 @@
+"""Typed recipes: YAML files validated against dataclass schemas with OmegaConf.
+
+A recipe is data. It is read with a safe YAML loader (no tags that build Python objects),
+merged onto the schema's defaults, then `key=value` overrides from the command line are
+merged on top. OmegaConf rejects unknown keys and values of the wrong type; `validate()`
+checks the values that a type cannot express. Every problem becomes a PipelineError, which
+the CLI prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from pipeline.errors import PipelineError
+
+ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Keys every training stage understands, with their Hugging Face meanings."""
+
+    name: str = ""  # the recipe's name; defaults to the YAML file's stem
+    max_steps: int = 100  # optimizer steps; -1 derives them from num_train_epochs
+    num_train_epochs: float = 1.0
+    learning_rate: float = 3e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    global_batch_size: int = 32  # sequences per optimizer step, across all processes
+    micro_batch_size: int = 8  # sequences per forward pass, per process
+    seed: int = 1337
+    logging_steps: int = 10
+    eval_steps: int = 100
+    save_steps: int = 100
+    keep_checkpoints: int = 2  # newest K of checkpoints/step-N are kept
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    resume: bool = False  # continue from the newest checkpoint in the output folder
+    overwrite: bool = False  # allow starting over in a folder that already holds a run
+    mixed_precision: str = "bf16"
+    compile: bool = False
+    attn_implementation: str = "sdpa"
+    num_workers: int = 0  # DataLoader worker processes
+
+    def validate(self) -> None:
+        positive = ("learning_rate", "global_batch_size", "micro_batch_size", "logging_steps",
+                    "eval_steps", "save_steps", "keep_checkpoints", "num_train_epochs")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                _bad(key, getattr(self, key), "must be > 0")
+        for key in ("warmup_steps", "weight_decay", "max_grad_norm", "num_workers"):
+            if getattr(self, key) < 0:
+                _bad(key, getattr(self, key), "must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            _bad("max_steps", self.max_steps, "must be > 0, or -1 to train for num_train_epochs")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                _bad(key, getattr(self, key), "must be > 0 or null (all)")
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("attn_implementation", self.attn_implementation, ATTENTION_BACKENDS)
+        if self.resume and self.overwrite:
+            raise PipelineError("resume=true and overwrite=true contradict each other: pass only one")
+
+    def gradient_accumulation_steps(self, num_processes: int) -> int:
+        per_step = self.micro_batch_size * num_processes
+        if self.global_batch_size % per_step:
+            raise PipelineError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size × processes "
+                f"= {self.micro_batch_size} × {num_processes}: change global_batch_size or micro_batch_size"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class ModelConfig:
+    """Llama-style decoder sizes (mapped onto transformers' LlamaConfig)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None  # grouped-query attention; null = num_heads
+    intermediate_size: Optional[int] = None  # null = SwiGLU's 8/3 × hidden, rounded up to 64
+    tie_word_embeddings: bool = True
+    rope_theta: float = 10000.0
+    initializer_range: float = 0.02
+
+    def validate(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads"):
+            if getattr(self, key) <= 0:
+                _bad(f"model.{key}", getattr(self, key), "must be > 0")
+        if self.hidden_size % self.num_heads:
+            _bad("model.hidden_size", self.hidden_size, f"must be a multiple of model.num_heads={self.num_heads}")
+        kv = self.num_kv_heads
+        if kv is not None and (kv <= 0 or self.num_heads % kv):
+            _bad("model.num_kv_heads", kv, f"must divide model.num_heads={self.num_heads}")
+
+
+@dataclass
+class CorpusSource:
+    """One corpus of a pretraining mixture."""
+
+    dataset: str = ""  # hub id, e.g. local/enwiki_featured_good_2019
+    dataset_config: Optional[str] = None
+    split: str = "train"
+    eval_split: Optional[str] = "validation"  # null: hold out documents from `split`
+    text_column: str = "text"
+    weight: float = 1.0  # sampling probability in the mixture (normalised)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    # A single corpus (these four keys) or a weighted `mixture` of several.
+    dataset: str = "local/enwiki_featured_good_2019"
+    dataset_config: Optional[str] = None
+    text_column: str = "text"
+    eval_split: Optional[str] = "validation"
+    mixture: list[CorpusSource] = field(default_factory=list)
+    max_documents: Optional[int] = None  # read at most this many documents per corpus split
+    holdout_documents: int = 50  # validation documents taken from train when a corpus has no eval split
+    vocab_size: int = 8192
+    tokenizer_documents: int = 2000  # documents the tokenizer is trained on
+    seq_len: int = 256
+    doc_masking: bool = False  # attend only within each document of a packed block
+    model: ModelConfig = field(default_factory=ModelConfig)
+    num_samples: int = 2  # generated samples shown at each evaluation
+    sample_tokens: int = 40
+
+    def validate(self) -> None:
+        super().validate()
+        self.model.validate()
+        if self.vocab_size < 300:
+            _bad("vocab_size", self.vocab_size, "must be >= 300 (256 bytes + special tokens + merges)")
+        if self.seq_len < 8:
+            _bad("seq_len", self.seq_len, "must be >= 8")
+        for key in ("max_documents", "holdout_documents", "tokenizer_documents"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                _bad(key, value, "must be > 0")
+        for i, src in enumerate(self.sources()):
+            if not src.dataset:
+                _bad(f"mixture[{i}].dataset", src.dataset, "must name a dataset hub id")
+            if not (src.weight > 0 and math.isfinite(src.weight)):
+                _bad(f"mixture[{i}].weight", src.weight, "must be > 0")
+
+    def sources(self) -> list[CorpusSource]:
+        """The corpora to read: the mixture if given, else the single `dataset`."""
+        if self.mixture:
+            return list(self.mixture)
+        return [CorpusSource(self.dataset, self.dataset_config, "train", self.eval_split, self.text_column)]
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.01
+    adam_beta2: float = 0.999
+    max_length: int = 128  # tokens per example; longer ones are truncated (and counted)
+    doc_stride: int = 64  # QA: overlap between windows of a long context
+    init: str = "pretrained"  # or "scratch": same architecture and tokenizer, random weights
+    dataset: str = ""  # override the task's dataset hub id (e.g. rajpurkar/squad with hub access)
+    train_split: str = ""  # override the task's train split
+    eval_split: str = ""  # override the task's evaluation split
+    n_best: int = 20
+    max_answer_length: int = 30
+
+    def validate(self) -> None:
+        super().validate()
+        _choice("init", self.init, ("pretrained", "scratch"))
+        if self.max_length < 8:
+            _bad("max_length", self.max_length, "must be >= 8")
+        if not 0 < self.doc_stride < self.max_length:
+            _bad("doc_stride", self.doc_stride, f"must be between 1 and max_length-1={self.max_length - 1}")
+
+
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[str]) -> Config:
+    """Read a YAML recipe (or only the schema's defaults), apply overrides, validate."""
+    base = OmegaConf.structured(schema)
+    layers: list[Any] = []
+    if path is not None:
+        layers.append(_read_yaml(Path(path)))
+    layers.append(_parse_overrides(overrides))
+    try:
+        merged = OmegaConf.merge(base, *layers)
+        cfg = OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        known = ", ".join(_keys(schema, e.full_key))
+        raise PipelineError(f"unknown recipe key '{e.full_key}': use one of {known}") from None
+    except ValidationError as e:
+        raise PipelineError(f"recipe key '{e.full_key}' has the wrong type: {e.msg}") from None
+    except OmegaConfBaseException as e:
+        raise PipelineError(f"invalid recipe: {str(e).splitlines()[0]}") from None
+    if not cfg.name:
+        cfg.name = Path(path).stem if path is not None else "default"
+    cfg.validate()
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise PipelineError(f"recipe file not found: {path} (pass --recipe with an existing YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise PipelineError(f"recipe {path} is not valid YAML{at}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"recipe {path} must be a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    result: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PipelineError(f"override '{item}' is not key=value (e.g. max_steps=100)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return result
+
+
+def _keys(schema: type, full_key: str) -> list[str]:
+    """The valid keys at the level where an unknown key was found."""
+    parts = str(full_key).split(".")[:-1]
+    cls = schema
+    for part in parts:
+        sub = {f.name: f for f in fields(cls)}.get(part)
+        default = sub.default_factory() if sub is not None and callable(sub.default_factory) else None
+        if default is None or not hasattr(default, "__dataclass_fields__"):
+            break
+        cls = type(default)
+    return sorted(f.name for f in fields(cls))
+
+
+def _bad(key: str, value: Any, rule: str) -> None:
+    raise PipelineError(f"recipe key '{key}' = {value!r} is invalid: it {rule}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _bad(key, value, f"must be one of {', '.join(choices)}")

@@ -1,0 +1,65 @@
+"""Find a dataset by its hub id: a local mirror first, then the hub.
+
+`PIPELINE_DATA_DIR` may hold copies laid out as `<owner>/<name>/`, each loadable with
+`datasets.load_dataset(folder)` and carrying the hub's columns. Stages and tests use this
+one function, so switching between the mirror and the hub never changes their code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import datasets
+
+from pipeline.errors import PipelineError
+
+DATA_DIR_ENV = "PIPELINE_DATA_DIR"
+
+
+def local_copy(hub_id: str) -> Path | None:
+    """The mirror folder for `hub_id`, if PIPELINE_DATA_DIR holds one."""
+    root = os.environ.get(DATA_DIR_ENV)
+    if not root:
+        return None
+    folder = Path(root) / hub_id
+    return folder if folder.is_dir() else None
+
+
+def load_split(hub_id: str, split: str, config: str | None = None) -> datasets.Dataset:
+    """Load one split of a dataset, from the mirror when there is one, else from the hub."""
+    splits = load_splits(hub_id, config)
+    if split not in splits:
+        raise PipelineError(
+            f"dataset {hub_id} has no split '{split}' (it has: {', '.join(splits)}): "
+            "choose one of those in the recipe"
+        )
+    return splits[split]
+
+
+def load_splits(hub_id: str, config: str | None = None) -> datasets.DatasetDict:
+    folder = local_copy(hub_id)
+    # datasets logs a warning per missing cache file; keep the user's terminal for real news.
+    datasets.logging.set_verbosity(logging.ERROR)
+    if folder is not None:
+        return datasets.load_dataset(str(folder))
+    try:
+        return datasets.load_dataset(hub_id, config)
+    except Exception as e:  # the hub raises many types: offline, not found, gated, bad config
+        where = os.environ.get(DATA_DIR_ENV)
+        mirror = f"{where}/{hub_id}/ does not exist" if where else f"{DATA_DIR_ENV} is not set"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PipelineError(
+            f"dataset {hub_id} not found: {mirror} and the hub failed ({reason[:160]}); "
+            f"set {DATA_DIR_ENV} to a folder holding {hub_id}/ (make DATA_DIR=...) or give hub access"
+        ) from None
+
+
+def require_columns(ds: datasets.Dataset, columns: list[str], hub_id: str, split: str) -> None:
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise PipelineError(
+            f"dataset {hub_id} split '{split}' has no column {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(ds.column_names)}): set the right column in the recipe or task"
+        )

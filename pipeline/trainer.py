@@ -1,0 +1,242 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+It knows nothing about tasks: it gets a model whose forward returns `.loss`, a dataset of
+examples, a collate function, and an `evaluate(model) -> dict` callback. Accelerate handles
+devices, processes, mixed precision and state saving; the data order is our own, decided only
+by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from pipeline import checkpoint
+from pipeline.config import TrainConfig
+from pipeline.errors import PipelineError
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at `path`."""
+
+    exit_code = 130
+
+    def __init__(self, path: Path):
+        super().__init__(f"interrupted: training state saved to {path}; rerun with resume=true to continue")
+
+
+class NonFiniteLoss(Exception):
+    exit_code = 3
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches this process consumed in the current epoch
+    tokens: int = 0  # tokens trained on, all processes together
+    train_seconds: float = 0.0
+
+
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    state = PartialState()
+    if cfg.mixed_precision == "fp16" and state.device.type == "cpu":
+        raise PipelineError("mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
+    accum = cfg.gradient_accumulation_steps(state.num_processes)
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
+        log_with="tensorboard",
+        project_dir=str(out),
+        step_scheduler_with_optimizer=False,  # we step the scheduler once per optimizer step ourselves
+    )
+
+
+def epoch_batches(n: int, micro_batch: int, num_processes: int, rank: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[list[int]]:
+    """This process's micro-batches for one epoch.
+
+    Each global group of `micro_batch × num_processes` shuffled indices is split between the
+    processes, so shards never overlap; the incomplete last group is dropped so that every
+    process takes the same number of steps.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)) if shuffle else torch.arange(n)
+    group = micro_batch * num_processes
+    starts = range(0, (n // group) * group, group)
+    return [order[s + rank * micro_batch: s + (rank + 1) * micro_batch].tolist() for s in starts]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model, train_data, collate: Callable,
+                 evaluate: Callable[[torch.nn.Module], dict], out: Path, tokenizer,
+                 on_evaluate: Callable[[torch.nn.Module, int], None] | None = None):
+        self.cfg, self.acc, self.out, self.tokenizer = cfg, accelerator, out, tokenizer
+        self.train_data, self.collate = train_data, collate
+        self.evaluate_fn, self.on_evaluate = evaluate, on_evaluate
+        self.accum = cfg.gradient_accumulation_steps(accelerator.num_processes)
+        self.batches_per_epoch = len(train_data) // (cfg.micro_batch_size * accelerator.num_processes)
+        if self.batches_per_epoch == 0:
+            raise PipelineError(
+                f"only {len(train_data)} training examples, fewer than micro_batch_size × processes = "
+                f"{cfg.micro_batch_size * accelerator.num_processes}: use more data or a smaller micro_batch_size"
+            )
+        self.max_steps = cfg.max_steps if cfg.max_steps > 0 else \
+            max(1, math.ceil(cfg.num_train_epochs * self.batches_per_epoch / self.accum))
+        self.state = TrainState()
+        self.model = model
+        self.last_eval: dict = {}
+        self._stop_signal: int | None = None
+
+    # ---- data -------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict]:
+        """Endless micro-batches, starting at the state's (epoch, batch) position."""
+        acc, cfg = self.acc, self.cfg
+        while True:
+            plan = epoch_batches(len(self.train_data), cfg.micro_batch_size, acc.num_processes,
+                                 acc.process_index, cfg.seed, self.state.epoch)
+            loader = DataLoader(self.train_data, batch_sampler=plan[self.state.batch_in_epoch:],
+                                collate_fn=self.collate, num_workers=cfg.num_workers,
+                                pin_memory=acc.device.type == "cuda")
+            for batch in loader:
+                self.state.batch_in_epoch += 1
+                yield {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    # ---- the loop ---------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        cfg, acc = self.cfg, self.acc
+        set_seed(cfg.seed)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # norms and biases
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            fused=acc.device.type == "cuda" or None,
+        )
+        model, optimizer = acc.prepare(self.model, optimizer)
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=self.max_steps)
+        acc.register_for_checkpointing(scheduler)
+        if cfg.compile:
+            model = torch.compile(model)
+
+        resume_from = checkpoint.latest_checkpoint(self.out) if cfg.resume else None
+        if resume_from is not None:
+            self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from))
+            acc.print(f"resumed from {resume_from} at step {self.state.step}")
+        if acc.is_main_process:
+            acc.init_trackers("tensorboard")
+
+        self._install_signal_handlers()
+        bar = tqdm(total=self.max_steps, initial=self.state.step, disable=not acc.is_main_process,
+                   desc="train", dynamic_ncols=True)
+        batches = self._batches()
+        model.train()
+        loss_sum = torch.zeros((), device=acc.device)  # summed on device: no host sync per step
+        tokens = torch.zeros((), device=acc.device, dtype=torch.long)
+        window_start, window_steps = time.perf_counter(), 0
+
+        while self.state.step < self.max_steps:
+            t0 = time.perf_counter()
+            for _ in range(self.accum):
+                batch = next(batches)
+                with acc.accumulate(model):
+                    loss = model(**batch).loss
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            scheduler.step()
+            self.state.step += 1
+            window_steps += 1
+            self.state.train_seconds += time.perf_counter() - t0
+            bar.update(1)
+            step = self.state.step
+
+            if step % cfg.logging_steps == 0 or step == self.max_steps:
+                mean_loss = acc.reduce(loss_sum, "mean").item() / (self.accum * window_steps)
+                n_tokens = acc.reduce(tokens, "sum").item()
+                self._check_finite(mean_loss)
+                elapsed = time.perf_counter() - window_start
+                self.state.tokens += n_tokens
+                row = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "tokens": self.state.tokens,
+                       "tokens_per_s": n_tokens / elapsed}
+                self.log(row, "train")
+                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{n_tokens / elapsed:,.0f}")
+                loss_sum.zero_(), tokens.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if step % cfg.eval_steps == 0 or step == self.max_steps:
+                self.run_evaluation(model)
+            if step % cfg.save_steps == 0 or step == self.max_steps:
+                # Never write a checkpoint from a broken state: check the loss since the last log.
+                self._check_finite(acc.reduce(loss_sum, "sum").item())
+                checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
+            if self._should_stop():
+                path = checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
+                bar.close()
+                raise TrainingInterrupted(path)
+            if step % cfg.logging_steps == 0:
+                window_start = time.perf_counter()  # evaluation and saving don't count as training time
+        bar.close()
+        acc.end_training()
+        self.model = acc.unwrap_model(model)
+        return self.state
+
+    def run_evaluation(self, model) -> dict:
+        metrics = self.evaluate_fn(model)
+        self.last_eval = metrics
+        self.log(metrics, "eval")
+        if self.on_evaluate is not None:
+            self.on_evaluate(self.acc.unwrap_model(model), self.state.step)
+        self.acc.wait_for_everyone()
+        return metrics
+
+    # ---- bookkeeping ------------------------------------------------------------------
+    def log(self, values: dict, split: str) -> None:
+        if not self.acc.is_main_process:
+            return
+        row = {"step": self.state.step, "split": split, **values}
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        scalars = {f"{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+        self.acc.log(scalars, step=self.state.step)
+        if split == "eval":
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float))
+            tqdm.write(f"step {self.state.step}: {shown}")
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            last = checkpoint.latest_checkpoint(self.out)
+            raise NonFiniteLoss(
+                f"training loss became {loss} at step {self.state.step}; no checkpoint was written from this state "
+                f"(last good one: {last or 'none'}). Lower learning_rate or check the data, then resume."
+            )
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self._stop_signal = signum  # acted on at the end of the current step
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor(float(self._stop_signal is not None), device=self.acc.device)
+        if self.acc.num_processes > 1:  # every process must agree, or the next all-reduce hangs
+            flag = self.acc.reduce(flag, "sum")
+        return bool(flag.item())
