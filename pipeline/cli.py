@@ -28,6 +28,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/pretrain/<recipe name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
+    f = stages.add_parser("finetune", help="fine-tune a task head from a pretrained checkpoint")
+    f.add_argument("--task", required=True)
+    f.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+    f.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
+    f.add_argument("--out", help="default: runs/finetune/<task> (with init=scratch: <task>-scratch)")
+    f.add_argument("overrides", nargs="*", metavar="key=value")
+
+    r = stages.add_parser("predict", help="print a fine-tuned model's prediction with its score")
+    r.add_argument("--task", required=True)
+    r.add_argument("--ckpt", help="default: runs/finetune/<task>/final")
+    r.add_argument("--text", help="classification input")
+    r.add_argument("--question", help="QA question")
+    r.add_argument("--context", help="QA context")
+
     g = stages.add_parser("generate", help="sample text from a causal-LM checkpoint")
     g.add_argument("--ckpt", help="model folder (default: the newest runs/pretrain/*/final)")
     g.add_argument("--prompt", required=True)
@@ -39,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork DataLoader workers
+    _quiet_libraries()
     try:
         args = _parser().parse_args(argv)
         _dispatch(args)
@@ -53,6 +68,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bar and log lines tell the story; silence the libraries' per-step chatter."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.stage == "pretrain":
         from pipeline.config import PretrainConfig, load_recipe
@@ -60,6 +85,24 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         cfg = load_recipe(PretrainConfig, args.recipe, args.overrides)
         pretrain.run(cfg, Path(args.out) if args.out else Path("runs/pretrain") / cfg.name)
+    elif args.stage == "finetune":
+        from pipeline.checkpoint import newest_final
+        from pipeline.config import FinetuneConfig, load_recipe
+        from pipeline.stages import finetune
+        from pipeline.tasks import get_task
+
+        task = get_task(args.task)
+        recipe = args.recipe or Path("recipes/finetune") / f"{task.name}.yaml"
+        if args.recipe is None and not recipe.is_file():
+            recipe = None  # the schema's defaults
+        cfg = load_recipe(FinetuneConfig, recipe, args.overrides)
+        ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+        suffix = "-scratch" if cfg.init == "scratch" else ""
+        finetune.run(task.name, cfg, ckpt, Path(args.out) if args.out else Path("runs/finetune") / f"{task.name}{suffix}")
+    elif args.stage == "predict":
+        from pipeline.stages import predict
+
+        predict.run(args.task, args.ckpt, args.text, args.question, args.context)
     elif args.stage == "generate":
         from pipeline.stages import generate
 

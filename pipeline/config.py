@@ -205,7 +205,7 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
         known = ", ".join(_keys(schema, e.full_key))
         raise PipelineError(f"unknown recipe key '{e.full_key}': use one of {known}") from None
     except ValidationError as e:
-        raise PipelineError(f"recipe key '{e.full_key}' has the wrong type: {e.msg}") from None
+        raise PipelineError(f"recipe key '{e.full_key}' has the wrong type: {str(e.msg).splitlines()[0]}") from None
     except OmegaConfBaseException as e:
         raise PipelineError(f"invalid recipe: {str(e).splitlines()[0]}") from None
     if not cfg.name:

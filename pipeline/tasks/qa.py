@@ -11,10 +11,21 @@ include the space before it, which is why extracted answers are stripped.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
 
+import datasets
 import numpy as np
+from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
+from pipeline.config import FinetuneConfig
+from pipeline.data import require_columns
 from pipeline.errors import PipelineError
+from pipeline.inference import run_model
+from pipeline.metrics import load_metric
+from pipeline.tasks.base import Task
+
+COLUMNS = ["id", "question", "context", "answers"]
 
 NO_ANSWER = 0  # label of a window that does not hold the whole answer: the BOS token
 
@@ -140,3 +151,45 @@ def postprocess_predictions(
     """Map each example id to its predicted answer text ("" when no valid span exists)."""
     scored = postprocess_with_scores(examples, features, all_start_logits, all_end_logits, n_best, max_answer_length)
     return {example_id: text for example_id, (text, _) in scored.items()}
+
+
+@dataclass(frozen=True)
+class ExtractiveQA(Task):
+    """SQuAD-style extractive QA with a start/end span head."""
+
+    metrics: tuple[str, ...] = ("squad",)
+    kind = "qa"
+    head = AutoModelForQuestionAnswering
+
+    def label_names(self, rows: datasets.Dataset, hub_id: str, split: str) -> list[str]:
+        require_columns(rows, COLUMNS, hub_id, split)
+        return []  # spans, not classes
+
+    def head_config(self, label_names: list[str]) -> dict:
+        return {}
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def preprocess(self, rows: datasets.Dataset, tokenizer, cfg: FinetuneConfig, hub_id: str, split: str,
+                   label_names: list[str], train: bool) -> tuple[datasets.Dataset, dict]:
+        require_columns(rows, COLUMNS, hub_id, split)
+        prepare = prepare_train_features if train else prepare_eval_features
+        features = rows.map(partial(prepare, tokenizer=tokenizer, max_length=cfg.max_length, doc_stride=cfg.doc_stride),
+                            batched=True, remove_columns=rows.column_names, load_from_cache_file=False)
+        info = {"examples": len(rows), "windows": len(features)}
+        if train:
+            info["windows_without_answer"] = int(np.sum(np.asarray(features["start_positions"]) == NO_ANSWER))
+        return features, info
+
+    def evaluate(self, model, rows, features, accelerator, cfg: FinetuneConfig, tokenizer,
+                 label_names: list[str]) -> tuple[dict, dict]:
+        logits = run_model(model, features, self.collator(tokenizer), accelerator, cfg.micro_batch_size * 2,
+                           outputs=("start_logits", "end_logits"), per_token=True)
+        predictions = postprocess_predictions(rows, features, logits["start_logits"], logits["end_logits"],
+                                              cfg.n_best, cfg.max_answer_length)
+        metric = load_metric("squad").compute(
+            predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
+            references=[{"id": i, "answers": a} for i, a in zip(rows["id"], rows["answers"])],
+        )
+        return dict(metric), {"predictions": predictions}

@@ -1,0 +1,55 @@
+# The user interface. Every target runs inside .venv (made by `make install`).
+#   make pretrain [RECIPE=...] [OUT=...] [ARGS="key=value ..."] [NPROC=N]
+#   make finetune TASK=... [CKPT=...] [RECIPE=...] [OUT=...] [ARGS=...] [NPROC=N]
+#   make generate PROMPT="..." [CKPT=...]
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+# Local dataset mirror (<owner>/<name>/ folders); the hub is tried for anything not there.
+DATA_DIR ?= $(abspath ../shared/data)
+export PIPELINE_DATA_DIR := $(DATA_DIR)
+export TOKENIZERS_PARALLELISM := false
+
+NPROC ?= 1
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# One variable picks the launcher, so the commands above stay the same everywhere:
+# GPUs use `accelerate launch` with the shipped configs; CPU processes use torchrun (gloo),
+# because `accelerate launch --cpu --num_processes N` needs mpirun here.
+ifeq ($(HAS_GPU),1)
+  ACCEL_CONFIG ?= $(if $(filter 1,$(NPROC)),single_gpu,multi_gpu)
+  LAUNCH ?= .venv/bin/accelerate launch --config_file recipes/accelerate/$(ACCEL_CONFIG).yaml --num_processes $(NPROC) -m
+else ifeq ($(NPROC),1)
+  LAUNCH ?= .venv/bin/accelerate launch --config_file recipes/accelerate/cpu.yaml -m
+else
+  LAUNCH ?= .venv/bin/torchrun --standalone --nproc_per_node $(NPROC) -m
+endif
+
+RECIPE ?=
+OUT ?=
+CKPT ?=
+ARGS ?=
+opt = $(if $(2),$(1) $(2))
+
+.PHONY: install pretrain finetune generate test bench-pretrain clean
+
+install:
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	@# Without a GPU, the CPU build of torch goes in first (a bare `torch` pulls a multi-GB CUDA build).
+	$(if $(HAS_GPU),,$(PY) -m pip install --quiet torch==2.13.0)
+	$(PY) -m pip install --quiet -e '.[test]'
+
+pretrain:
+	$(LAUNCH) pipeline pretrain --recipe $(or $(RECIPE),recipes/pretrain/cpu.yaml) $(call opt,--out,$(OUT)) $(ARGS)
+
+generate:
+	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))
+
+test:
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+bench-pretrain:
+	$(PY) bench/pretrain.py
+
+clean:
+	rm -rf runs reports/bench data/cache

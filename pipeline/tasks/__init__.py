@@ -1,0 +1,29 @@
+"""Fine-tuning tasks. A task is one declarative entry: dataset, columns, splits, metrics.
+
+The family (classification or extractive QA) supplies the head, preprocessing and
+evaluation; adding a task on an existing family is one line below.
+"""
+
+from __future__ import annotations
+
+from pipeline.errors import PipelineError
+from pipeline.tasks.classification import Classification
+from pipeline.tasks.qa import ExtractiveQA
+
+TASKS = {
+    "sst2": Classification("sst2", "stanfordnlp/sst2", text_column="sentence", eval_split="validation"),
+    "rotten_tomatoes": Classification("rotten_tomatoes", "cornell-movie-review-data/rotten_tomatoes"),
+    "imdb": Classification("imdb", "stanfordnlp/imdb"),
+    "ag_news": Classification("ag_news", "fancyzhx/ag_news", metrics=("accuracy", "f1")),
+    "trec": Classification("trec", "CogComp/trec", label_column="coarse_label"),
+    "emotion": Classification("emotion", "dair-ai/emotion", metrics=("accuracy", "f1")),
+    # SQuAD v1.1 train is not mirrored here: train on the official dev set split by article.
+    # With hub access: dataset=rajpurkar/squad eval_split=validation (see README).
+    "squad": ExtractiveQA("squad", "local/squad_v1.1_dev_split", eval_split="validation"),
+}
+
+
+def get_task(name: str):
+    if name not in TASKS:
+        raise PipelineError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,35 @@
+"""What every task family shares: where its data lives and how a split is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+
+from pipeline.config import FinetuneConfig
+from pipeline.data import load_split
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    train_split: str = "train"
+    eval_split: str = "test"
+    dataset_config: str | None = None
+    metrics: tuple[str, ...] = ("accuracy",)
+
+    def load(self, cfg: FinetuneConfig, which: str) -> tuple[str, str, datasets.Dataset]:
+        """(hub id, split name, rows) of the train or eval split, honouring recipe overrides."""
+        hub_id = cfg.dataset or self.dataset
+        if which == "train":
+            split = cfg.train_split or self.train_split
+            limit = cfg.max_train_samples
+        else:
+            split = cfg.eval_split or self.eval_split
+            limit = cfg.max_eval_samples
+        rows = load_split(hub_id, split, self.dataset_config)
+        if limit is not None and limit < len(rows):
+            # A seeded shuffle first: some files are sorted by label, and a prefix would hold one class.
+            rows = rows.shuffle(seed=cfg.seed).select(range(limit))
+        return hub_id, split, rows

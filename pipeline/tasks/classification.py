@@ -1,0 +1,80 @@
+"""Text classification (topic, sentiment, question type, emotion) with a sequence-classification head.
+
+The decoder reads the text left to right; transformers' Llama classification head scores the
+last non-padding token, which has seen the whole text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+from sklearn.metrics import confusion_matrix
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from pipeline.config import FinetuneConfig
+from pipeline.data import require_columns
+from pipeline.errors import PipelineError
+from pipeline.inference import run_model
+from pipeline.metrics import load_metric
+from pipeline.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class Classification(Task):
+    text_column: str = "text"
+    label_column: str = "label"
+    kind = "classification"
+    head = AutoModelForSequenceClassification
+
+    def label_names(self, rows: datasets.Dataset, hub_id: str, split: str) -> list[str]:
+        require_columns(rows, [self.text_column, self.label_column], hub_id, split)
+        feature = rows.features[self.label_column]
+        if not isinstance(feature, datasets.ClassLabel):
+            raise PipelineError(f"dataset {hub_id} column '{self.label_column}' is not a ClassLabel, so it has no "
+                                "label names: cast it with datasets.ClassLabel(names=[...])")
+        return list(feature.names)
+
+    def head_config(self, label_names: list[str]) -> dict:
+        return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                "label2id": {name: i for i, name in enumerate(label_names)}}
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def preprocess(self, rows: datasets.Dataset, tokenizer, cfg: FinetuneConfig, hub_id: str, split: str,
+                   label_names: list[str], train: bool) -> tuple[datasets.Dataset, dict]:
+        """Tokenize (truncating to max_length) and check every label against the label names."""
+        require_columns(rows, [self.text_column, self.label_column], hub_id, split)
+        labels = np.asarray(list(rows[self.label_column]))
+        bad = np.flatnonzero((labels < 0) | (labels >= len(label_names)))
+        if len(bad):
+            raise PipelineError(
+                f"dataset {hub_id} split '{split}' row {bad[0]} has label {labels[bad[0]]}, outside 0..{len(label_names) - 1} "
+                f"({', '.join(label_names)}); {len(bad)} rows are affected: fix the labels or use a labelled split"
+            )
+        texts = list(rows[self.text_column])
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise PipelineError(f"dataset {hub_id} split '{split}' row {empty[0]} has an empty text "
+                                f"({len(empty)} rows): drop empty rows before fine-tuning")
+        ids = tokenizer(texts)["input_ids"]
+        truncated = sum(len(x) > cfg.max_length for x in ids)
+        ids = [x[: cfg.max_length] for x in ids]
+        features = datasets.Dataset.from_dict({
+            "input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels.tolist()})
+        return features, {"examples": len(rows), "truncated": truncated}
+
+    def evaluate(self, model, rows, features, accelerator, cfg: FinetuneConfig, tokenizer,
+                 label_names: list[str]) -> tuple[dict, dict]:
+        logits = run_model(model, features.remove_columns("labels"), self.collator(tokenizer), accelerator,
+                           cfg.micro_batch_size * 2)["logits"]
+        predictions = np.stack(logits).argmax(-1)
+        references = np.asarray(features["labels"])
+        metrics = dict(load_metric("accuracy").compute(predictions=predictions, references=references))
+        metrics["f1"] = load_metric("f1").compute(predictions=predictions, references=references,
+                                                  labels=list(range(len(label_names))))["f1"]
+        metrics["confusion_matrix"] = confusion_matrix(references, predictions,
+                                                       labels=list(range(len(label_names)))).tolist()
+        return metrics, {}

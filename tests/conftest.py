@@ -1,0 +1,46 @@
+"""Shared fixtures: real mirrored data, offline hub, one tiny pretrain reused by many tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PIPELINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+TINY = ROOT / "recipes" / "pretrain" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    """A fresh corpus cache per test session, so tests also cover building it."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["PIPELINE_CACHE_DIR"] = str(path)
+    return path
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS` as a user would, capturing output."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy())
+
+
+def read_metrics(run: Path, split: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain(tmp_path_factory) -> Path:
+    """One tiny pretraining run on a slice of real Wikipedia; returns its run folder."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=60")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
