@@ -30,7 +30,7 @@ CKPT ?=
 ARGS ?=
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune generate test bench-pretrain clean
+.PHONY: install pretrain finetune evaluate predict generate test bench-pretrain clean
 
 install:
 	python3 -m venv .venv
@@ -41,6 +41,15 @@ install:
 
 pretrain:
 	$(LAUNCH) pipeline pretrain --recipe $(or $(RECIPE),recipes/pretrain/cpu.yaml) $(call opt,--out,$(OUT)) $(ARGS)
+
+finetune:
+	$(LAUNCH) pipeline finetune --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--recipe,$(RECIPE)) $(call opt,--out,$(OUT)) $(ARGS)
+
+evaluate:
+	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT))
+
+predict:
+	$(PY) -m pipeline predict --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")
 
 generate:
 	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))

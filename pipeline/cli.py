@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--question", help="QA question")
     r.add_argument("--context", help="QA context")
 
+    e = stages.add_parser("evaluate", help="evaluate checkpoints; without --ckpt, every run, then the report")
+    e.add_argument("--ckpt", nargs="+", help="model folders to evaluate (writes eval.json beside each)")
+    e.add_argument("--runs", default="runs", help="with no --ckpt: evaluate every run under this folder")
+    e.add_argument("--report", default="reports", help="where the scoreboard and plots go")
+
     g = stages.add_parser("generate", help="sample text from a causal-LM checkpoint")
     g.add_argument("--ckpt", help="model folder (default: the newest runs/pretrain/*/final)")
     g.add_argument("--prompt", required=True)
@@ -99,6 +104,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
         suffix = "-scratch" if cfg.init == "scratch" else ""
         finetune.run(task.name, cfg, ckpt, Path(args.out) if args.out else Path("runs/finetune") / f"{task.name}{suffix}")
+    elif args.stage == "evaluate":
+        from pipeline.stages import evaluate
+
+        evaluate.run([Path(c) for c in args.ckpt or []], Path(args.runs), Path(args.report))
     elif args.stage == "predict":
         from pipeline.stages import predict
 
