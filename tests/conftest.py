@@ -44,3 +44,28 @@ def tiny_pretrain(tmp_path_factory) -> Path:
     result = run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=60")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+FINETUNE_TINY = ROOT / "recipes" / "finetune" / "tiny.yaml"
+
+
+def finetune(task: str, ckpt: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return run_cli("finetune", "--task", task, "--ckpt", ckpt, "--recipe", FINETUNE_TINY, "--out", out, *overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_pretrain, tmp_path_factory) -> Path:
+    """SST-2 fine-tuned from the tiny checkpoint on a slice it can fit in a few epochs."""
+    out = tmp_path_factory.mktemp("ft") / "sst2"
+    result = finetune("sst2", tiny_pretrain / "final", out, "max_train_samples=128", "max_steps=40")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qa(tiny_pretrain, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ft") / "squad"
+    result = finetune("squad", tiny_pretrain / "final", out, "max_length=128", "doc_stride=32",
+                      "max_train_samples=96", "max_steps=30", "max_eval_samples=24")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
