@@ -1,0 +1,67 @@
+"""Non-neural reference points for the classification tasks: majority class and TF-IDF + logistic regression.
+
+They train on the task's full train split and score its full eval split (the splits a task
+uses by default), with the same metrics as the fine-tuned models. Each result is cached as
+`runs/baselines/<task>.json`, so the report reads every figure from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.config import FinetuneConfig
+from pipeline.metrics import load_metric
+from pipeline.tasks import get_task
+
+MODELS = {"majority": "majority class", "tfidf_lr": "TF-IDF + LR"}
+
+
+def run(task_name: str, root: Path, log=print) -> dict:
+    """The task's baseline scores, computed once and then read from root/<task>.json."""
+    task = get_task(task_name)
+    path = root / f"{task.name}.json"
+    splits = {"dataset": task.dataset, "train_split": task.train_split, "eval_split": task.eval_split}
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if all(cached.get(k) == v for k, v in splits.items()):  # else the task changed: recompute
+            return cached
+    cfg = FinetuneConfig()  # the task's own dataset and splits, no sample limits
+    started = time.time()
+    hub_id, train_split, train = task.load(cfg, "train")
+    _, eval_split, evals = task.load(cfg, "eval")
+    labels = task.label_names(train, hub_id, train_split)
+    task.label_names(evals, hub_id, eval_split)
+    y_train, y_eval = np.asarray(train[task.label_column]), np.asarray(evals[task.label_column])
+
+    majority = np.full_like(y_eval, np.bincount(y_train, minlength=len(labels)).argmax())
+    # Word uni- and bigrams with sublinear tf; saga fits these sparse features in seconds, also for
+    # many classes (lbfgs takes ten times longer). No tuning: the eval split is the test set here.
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+    features = vectorizer.fit_transform(train[task.text_column])
+    classifier = LogisticRegression(solver="saga", max_iter=1000).fit(features, y_train)
+    tfidf = classifier.predict(vectorizer.transform(evals[task.text_column]))
+
+    result = {
+        "task": task.name, "dataset": hub_id, "train_split": train_split, "eval_split": eval_split,
+        "train_examples": len(train), "eval_examples": len(evals),
+        "majority": scores(majority, y_eval, len(labels)), "tfidf_lr": scores(tfidf, y_eval, len(labels)),
+        "seconds": time.time() - started,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    log(f"baselines {task.name}: majority {result['majority']['accuracy']:.4f}, "
+        f"TF-IDF + LR {result['tfidf_lr']['accuracy']:.4f} accuracy → {path}")
+    return result
+
+
+def scores(predictions: np.ndarray, references: np.ndarray, n_labels: int) -> dict:
+    """Accuracy and macro-F1 over all classes, as Classification.evaluate computes them."""
+    return {"accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"],
+            "f1": load_metric("f1").compute(predictions=predictions, references=references,
+                                            labels=list(range(n_labels)))["f1"]}
