@@ -30,7 +30,7 @@ CKPT ?=
 ARGS ?=
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate predict generate test bench-pretrain clean
+.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain clean
 
 install:
 	python3 -m venv .venv
@@ -53,6 +53,22 @@ predict:
 
 generate:
 	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))
+
+# The whole study: pretrain the cpu recipe, fine-tune every task from it and from scratch, evaluate,
+# report. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
+all:
+	@set -e; \
+	stage() { out=$$1; shift; \
+	  if [ -d $$out/final ]; then echo "$$out: finished, skipped"; \
+	  else $(LAUNCH) pipeline "$$@" $$(test -d $$out/checkpoints && echo resume=true); fi; }; \
+	ckpt=runs/pretrain/cpu; \
+	stage $$ckpt pretrain --recipe recipes/pretrain/cpu.yaml --out $$ckpt; \
+	for task in $$($(PY) -c 'from pipeline.tasks import TASKS; print(*TASKS)'); do \
+	  stage runs/finetune/$$task finetune --task $$task --ckpt $$ckpt/final --out runs/finetune/$$task; \
+	  stage runs/finetune/$$task-scratch finetune --task $$task --ckpt $$ckpt/final \
+	    --out runs/finetune/$$task-scratch init=scratch; \
+	done
+	$(PY) -m pipeline evaluate
 
 test:
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

@@ -19,6 +19,7 @@ import datetime
 import gc
 import json
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -42,10 +43,12 @@ from pipeline.trainer import Trainer, make_accelerator  # noqa: E402
 NEVER = 10**9  # eval_steps / save_steps: no evaluation or checkpoint inside the timed window
 
 
-def timed_rate(marks: list[float], warmup: int, steps: int, tokens_per_step: int) -> tuple[float, float]:
-    """(tokens/s, s/step) over steps warmup+1 … warmup+steps; marks[k] is the end of step k+1."""
-    seconds = marks[warmup + steps - 1] - marks[warmup - 1]
-    return steps * tokens_per_step / seconds, seconds / steps
+def timed_rate(marks: list[float], warmup: int, steps: int, tokens_per_step: int) -> tuple[float, float, float]:
+    """(tokens/s, mean s/step, median s/step) over steps warmup+1 … warmup+steps; marks[k] ends step k+1."""
+    window = marks[warmup - 1: warmup + steps]
+    seconds = window[-1] - window[0]
+    median = statistics.median(t1 - t0 for t0, t1 in zip(window, window[1:]))
+    return steps * tokens_per_step / seconds, seconds / steps, median
 
 
 class TimedTrainer(Trainer):
@@ -150,14 +153,15 @@ def main() -> None:
           f"{cfg.mixed_precision}, compile={cfg.compile}; {a.warmup} warmup + {a.steps} timed steps")
 
     print("[1/2] pipeline.trainer.Trainer")
-    tok_s, step_s = timed_rate(run_pipeline(cfg, data), a.warmup, a.steps, tokens_per_step)
-    print(f"pipeline: {tok_s:,.0f} tokens/s ({step_s:.3f} s/step)")
-    hf_tok_s = hf_step_s = None
+    tok_s, step_s, step_med = timed_rate(run_pipeline(cfg, data), a.warmup, a.steps, tokens_per_step)
+    print(f"pipeline: {tok_s:,.0f} tokens/s ({step_s:.3f} s/step, median {step_med:.3f})")
+    hf_tok_s = hf_step_s = hf_step_med = None
     if not a.skip_trainer:
         reset_state()
         print("[2/2] transformers.Trainer")
-        hf_tok_s, hf_step_s = timed_rate(run_hf_trainer(cfg, data, accum), a.warmup, a.steps, tokens_per_step)
-        print(f"transformers: {hf_tok_s:,.0f} tokens/s ({hf_step_s:.3f} s/step)")
+        hf_tok_s, hf_step_s, hf_step_med = timed_rate(run_hf_trainer(cfg, data, accum), a.warmup, a.steps,
+                                                      tokens_per_step)
+        print(f"transformers: {hf_tok_s:,.0f} tokens/s ({hf_step_s:.3f} s/step, median {hf_step_med:.3f})")
 
     def mfu(rate):
         return None if rate is None else rate * flops / (peak * 1e9)
@@ -167,6 +171,7 @@ def main() -> None:
         "speedup_vs_trainer": None if hf_tok_s is None else tok_s / hf_tok_s,
         "mfu": mfu(tok_s), "trainer_mfu": mfu(hf_tok_s), "peak_gflops": peak, "peak_gflops_fp32": peak_fp32,
         "seconds_per_step": step_s, "trainer_seconds_per_step": hf_step_s,
+        "median_seconds_per_step": step_med, "trainer_median_seconds_per_step": hf_step_med,
         "parameters": counts["total"], "non_embedding_parameters": counts["non_embedding"],
         "flops_per_token": flops, "steps": a.steps, "warmup_steps": a.warmup,
         "global_batch_size": cfg.global_batch_size, "micro_batch_size": cfg.micro_batch_size,

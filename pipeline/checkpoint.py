@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -65,9 +66,11 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
     final = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".tmp-step-{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left over by a kill during an earlier save
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -79,9 +82,25 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
-    """Restore model, optimizer, scheduler and RNG from `path`; return the trainer state."""
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    """Restore model, optimizer and RNG from `path`; return the trainer state.
+
+    Weights come from safetensors; optimizer and RNG state go through torch.load with
+    weights_only=True, which refuses any pickled object that is not plain tensors and data.
+    """
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    except (pickle.UnpicklingError, RuntimeError, OSError, KeyError) as e:
+        raise PipelineError(f"checkpoint {path} cannot be loaded safely ({str(e).splitlines()[0][:120]}): "
+                            "delete it to resume from an older one, or start over with overwrite=true") from None
     return json.loads((path / STATE_FILE).read_text())
+
+
+def truncate_metrics(out: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (a killed run may have gone further)."""
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in rows))
 
 
 def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_files: dict | None = None) -> None:

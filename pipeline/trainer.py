@@ -51,16 +51,17 @@ class TrainState:
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
-    state = PartialState()
+    cpu = not torch.cuda.is_available()  # CPU processes (torchrun) talk over gloo
+    state = PartialState(cpu=cpu)
     if cfg.mixed_precision == "fp16" and state.device.type == "cpu":
         raise PipelineError("mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
     accum = cfg.gradient_accumulation_steps(state.num_processes)
     return Accelerator(
+        cpu=cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
         log_with="tensorboard",
         project_dir=str(out),
-        step_scheduler_with_optimizer=False,  # we step the scheduler once per optimizer step ourselves
     )
 
 
@@ -124,18 +125,23 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            fused=acc.device.type == "cuda" or None,
+            fused=True,  # one kernel for the whole update, on CPU as on GPU
         )
         model, optimizer = acc.prepare(self.model, optimizer)
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=self.max_steps)
-        acc.register_for_checkpointing(scheduler)
         if cfg.compile:
             model = torch.compile(model)
 
         resume_from = checkpoint.latest_checkpoint(self.out) if cfg.resume else None
         if resume_from is not None:
             self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from))
+            # The schedule is a pure function of the step: replaying it restores it without
+            # unpickling anything (accelerate would pickle a registered scheduler).
+            for _ in range(self.state.step):
+                scheduler.step()
+            if acc.is_main_process:
+                checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
         if acc.is_main_process:
             acc.init_trackers("tensorboard")
@@ -154,7 +160,7 @@ class Trainer:
             for _ in range(self.accum):
                 batch = next(batches)
                 with acc.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = model(**batch, use_cache=False).loss  # no KV cache to build while training
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -194,7 +200,8 @@ class Trainer:
             if step % cfg.logging_steps == 0:
                 window_start = time.perf_counter()  # evaluation and saving don't count as training time
         bar.close()
-        acc.end_training()
+        for tracker in acc.trackers:  # flush TensorBoard; end_training() would also tear down the process group
+            tracker.finish()
         self.model = acc.unwrap_model(model)
         return self.state
 
@@ -236,7 +243,9 @@ class Trainer:
             signal.signal(sig, handler)
 
     def _should_stop(self) -> bool:
-        flag = torch.tensor(float(self._stop_signal is not None), device=self.acc.device)
-        if self.acc.num_processes > 1:  # every process must agree, or the next all-reduce hangs
-            flag = self.acc.reduce(flag, "sum")
+        stop = self._stop_signal is not None
+        if self.acc.num_processes == 1:
+            return stop
+        # Every process must agree, or the next collective hangs: one tiny all-reduce per step.
+        flag = self.acc.reduce(torch.tensor(float(stop), device=self.acc.device), "sum")
         return bool(flag.item())

@@ -1,0 +1,237 @@
+"""The scoreboard: reports/scoreboard.md and its plots, from the files under runs/ only.
+
+Every measured figure is read from a run's run.json / eval.json / metrics.jsonl or from
+runs/baselines/<task>.json. Published figures (ANCHORS) are the only constants here, and
+they get a table of their own so they are never read as this project's measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
+
+from pipeline.baselines import MODELS as BASELINES
+from pipeline.tasks import TASKS
+
+DASH = "—"
+# (task, model, metric, published figure, source): other models, data and compute than ours.
+ANCHORS = [
+    ("sst2", "BERT-base (cased)", "accuracy", 92.3, "Hugging Face transformers run_glue.py example, GLUE dev"),
+    ("squad", "BERT-base (uncased)", "F1", 88.5, "Hugging Face transformers run_qa.py example, v1.1 dev"),
+    ("squad", "BERT-base (uncased)", "EM", 81.2, "Hugging Face transformers run_qa.py example, v1.1 dev"),
+    ("squad", "logistic regression", "F1", 51.0, "Rajpurkar et al. 2016, v1.1 dev"),
+    ("ag_news", "fastText, bigrams", "accuracy", 92.5, "Joulin et al. 2017, test"),
+]
+SPLIT_DIFFERS = {
+    "ag_news": "ours trains on a 20,000-row subset of the 120,000-row train split (same 7,600-row test)",
+    "squad": "ours trains and evaluates on local/squad_v1.1_dev_split, the v1.1 dev set split by article "
+             "(8,595 / 1,975 questions), not on train / the full dev set",
+}
+# The headline metric of each task family, then the second one shown.
+METRICS = {"classification": (("accuracy", "accuracy"), ("f1", "macro-F1")),
+           "qa": (("f1", "F1"), ("exact_match", "EM"))}
+
+
+def write(runs: Path, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    pretrain = {p.name: p for p in sorted(runs.glob("pretrain/*/"))}
+    finetune = {p.name: p for p in sorted(runs.glob("finetune/*/"))}
+    lines = ["# Scoreboard", "",
+             f"Measured figures are read from `{runs}/` (run.json, eval.json, metrics.jsonl, baselines/); "
+             f"{DASH} marks a run that does not exist yet.", ""]
+    for section in (_pretrain_section(pretrain, out), _finetune_section(finetune, runs / "baselines", out),
+                    _anchor_section()):
+        lines += section + [""]
+    path = out / "scoreboard.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---- pretraining --------------------------------------------------------------------------
+def _pretrain_section(runs: dict[str, Path], out: Path) -> list[str]:
+    if not runs:
+        return ["## Pretraining", "", f"{DASH} (no pretraining run yet)"]
+    lines = ["## Pretraining", "", "Validation metrics are on each run's held-out corpus blocks.", "",
+             "| run | parameters | tokens seen | wall time | tokens/s | val loss | perplexity | bits/byte |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        summary = _json(run / "run.json")
+        metrics = _json(run / "eval.json").get("evaluation", {}).get("metrics", {})
+        lines.append(f"| {name} | {_count(summary.get('parameters'))} | {_count(summary.get('tokens'))} | "
+                     f"{_duration(summary.get('wall_seconds'))} | {_num(summary.get('tokens_per_s'), 0)} | "
+                     f"{_num(metrics.get('loss'), 3)} | {_num(metrics.get('perplexity'), 1)} | "
+                     f"{_num(metrics.get('bits_per_byte'), 3)} |")
+    return lines + [""] + _pretrain_plot(runs, out)
+
+
+def _pretrain_plot(runs: dict[str, Path], out: Path) -> list[str]:
+    """Train and validation loss against tokens seen, one colour per run."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for name, run in runs.items():
+        curves = _curves(run)
+        if not curves["train"]:
+            continue
+        steps, tokens = [r["step"] for r in curves["train"]], [r["tokens"] for r in curves["train"]]
+        line, = ax.plot(tokens, [r["loss"] for r in curves["train"]], label=f"{name} train")
+        # Eval rows carry no token count; every step trains on the same number of tokens.
+        per_step = tokens[-1] / steps[-1]
+        ax.plot([r["step"] * per_step for r in curves["eval"]], [r["loss"] for r in curves["eval"]], "o--",
+                color=line.get_color(), label=f"{name} validation")
+    if not ax.lines:
+        return ["No pretraining loss curves yet."]
+    ax.set(xlabel="tokens seen", ylabel="loss (nats/token)", title="Pretraining loss")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "pretrain_loss.png", dpi=100)
+    return ["![Pretraining loss](pretrain_loss.png)"]
+
+
+# ---- fine-tuning ----------------------------------------------------------------------------
+def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> list[str]:
+    lines = ["## Fine-tuning", "",
+             "Each task is fine-tuned from the pretrained checkpoint and, as the control, from random weights "
+             "(init=scratch) with the same recipe; the gain is pretrained minus scratch on the headline metric, "
+             "in points. Baselines train on the task's full train split.", ""]
+    bars: dict[str, dict[str, float]] = {}  # task → model → headline metric
+    for family, title in (("classification", "Classification"), ("qa", "Extractive QA")):
+        (_, label), (_, label2) = METRICS[family]
+        lines += [f"### {title}", "",
+                  f"| task | model | {label} | {label2} | gain from pretraining | eval examples | wall time |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for name in (n for n, t in TASKS.items() if t.kind == family):
+            rows = {model: row for model, row in _task_rows(name, family, runs, baseline_dir).items()
+                    if any(v is not None for v in row)}
+            if not rows:
+                lines.append(f"| {name} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |")
+                continue
+            pre, scratch = (rows.get(init, (None,))[0] for init in ("pretrained", "scratch"))
+            gain = DASH if pre is None or scratch is None else f"{pre - scratch:+.1f}"
+            for model, (score, score2, examples, wall) in rows.items():
+                lines.append(f"| {name} | {model} | {_num(score, 1)} | {_num(score2, 1)} | "
+                             f"{gain if model == 'pretrained' else ''} | {_count(examples, exact=True)} | "
+                             f"{_duration(wall)} |")
+            bars[name] = {model: row[0] for model, row in rows.items() if row[0] is not None}
+        lines.append("")
+    sources = sorted({_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
+                      if not name.endswith("-scratch")} - {None})
+    if sources:
+        lines += [f"Pretrained rows start from {', '.join(f'`{s}`' for s in sources)}.", ""]
+    return lines + _loss_plot(runs, out) + [""] + _bar_chart(bars, out)
+
+
+def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, tuple]:
+    """model → (headline metric, second metric, eval examples, wall seconds), all in percent."""
+    (key, _), (key2, _) = METRICS[family]
+    scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
+    rows = {}
+    for init, folder in (("pretrained", name), ("scratch", f"{name}-scratch")):
+        record = _json(runs[folder] / "eval.json") if folder in runs else {}
+        evaluation = record.get("evaluation", {})
+        metrics = evaluation.get("metrics", {})
+        rows[init] = (_scaled(metrics.get(key), scale), _scaled(metrics.get(key2), scale),
+                      evaluation.get("examples"), record.get("wall_seconds"))
+    if family == "classification":
+        baselines = _json(baseline_dir / f"{name}.json")
+        for model, label in BASELINES.items():
+            scores = baselines.get(model, {})
+            rows[label] = (_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale),
+                           baselines.get("eval_examples"), None)
+    return rows
+
+
+def _loss_plot(runs: dict[str, Path], out: Path) -> list[str]:
+    """Training loss per task: pretrained solid, scratch dashed."""
+    tasks = [name for name in TASKS if name in runs or f"{name}-scratch" in runs]
+    if not tasks:
+        return ["No fine-tuning loss curves yet."]
+    cols = min(len(tasks), 4)
+    rows = -(-len(tasks) // cols)
+    fig = Figure(figsize=(3.5 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, tasks):
+        for init, folder, style in (("pretrained", name, "-"), ("scratch", f"{name}-scratch", "--")):
+            if folder in runs and (train := _curves(runs[folder])["train"]):
+                ax.plot([r["step"] for r in train], [r["loss"] for r in train], style, label=init)
+        ax.set(title=name, xlabel="step", ylabel="train loss")
+        ax.legend(fontsize="small")
+    for ax in axes[len(tasks):]:
+        ax.remove()
+    fig.suptitle("Fine-tuning loss")
+    fig.tight_layout()
+    fig.savefig(out / "finetune_loss.png", dpi=100)
+    return ["![Fine-tuning loss](finetune_loss.png)"]
+
+
+def _bar_chart(bars: dict[str, dict[str, float]], out: Path) -> list[str]:
+    """Headline metric per task: pretrained, scratch and baselines side by side."""
+    if not bars:
+        return ["No scores yet: no comparison chart."]
+    models = ["pretrained", "scratch", *BASELINES.values()]
+    width = 0.8 / len(models)
+    fig = Figure(figsize=(max(6, 1.5 * len(bars)), 4))
+    ax = fig.subplots()
+    for i, model in enumerate(models):
+        xs = [x + (i - (len(models) - 1) / 2) * width for x, task in enumerate(bars) if model in bars[task]]
+        ax.bar(xs, [scores[model] for scores in bars.values() if model in scores], width, label=model)
+    ax.set_xticks(range(len(bars)), list(bars))
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy, % (QA: F1)")
+    ax.set_title("Fine-tuned models against baselines")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    return ["![Scores](scores.png)"]
+
+
+# ---- published figures ------------------------------------------------------------------------
+def _anchor_section() -> list[str]:
+    lines = ["## Published reference figures (not measured here)", "",
+             "Larger models trained on more data; for orientation only.", "",
+             "| task | model | metric | published | source | our split |", "|---|---|---|---:|---|---|"]
+    for task, model, metric, value, source in ANCHORS:
+        lines.append(f"| {task} | {model} | {metric} | {value:.1f} | {source} | "
+                     f"{'differs (below)' if task in SPLIT_DIFFERS else 'same'} |")
+    return lines + [""] + [f"- {task}: {note}" for task, note in SPLIT_DIFFERS.items()]
+
+
+# ---- reading and formatting ---------------------------------------------------------------------
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _curves(run: Path) -> dict[str, list[dict]]:
+    """metrics.jsonl rows by split, one per step: a resumed run logs again the steps after its checkpoint."""
+    rows: dict[tuple[str, int], dict] = {}
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        rows[row["split"], row["step"]] = row  # the later row wins
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: k[1])]
+    return {split: [r for r in ordered if r["split"] == split] for split in ("train", "eval")}
+
+
+def _scaled(value, scale: float):
+    return None if value is None else value * scale
+
+
+def _num(value, digits: int) -> str:
+    return DASH if value is None else f"{value:,.{digits}f}"
+
+
+def _count(value, exact: bool = False) -> str:
+    if value is None:
+        return DASH
+    if exact or value < 1000:
+        return f"{value:,}"
+    return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return DASH
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"

@@ -1,0 +1,142 @@
+"""Evaluate checkpoints into their run's eval.json; with no checkpoint given, every run, then the report.
+
+eval.json sits in the run folder, beside final/. Fine-tuning writes it first (task, init,
+training metrics and times); this stage keeps those fields and adds an `evaluation` block:
+the metrics measured here, with the fingerprint of the weights they were measured on. A run
+whose fingerprint still matches is skipped, so evaluating everything again is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from functools import cache
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from pipeline import baselines, corpus, report
+from pipeline.checkpoint import inspect_model_folder, load_causal_lm, load_tokenizer, model_kind
+from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
+from pipeline.errors import PipelineError
+from pipeline.lm import evaluate_lm, generate_samples
+from pipeline.stages.pretrain import SAMPLE_PROMPTS
+from pipeline.tasks import TASKS, get_task
+
+
+def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
+    if ckpts:  # asked for by name: always evaluated
+        for folder in ckpts:
+            evaluate(folder)
+        return
+    folders = sorted(runs.glob("pretrain/*/")) + sorted(runs.glob("finetune/*/"))
+    if not folders:
+        raise PipelineError(f"no runs under {runs}/pretrain or {runs}/finetune: run make pretrain first, "
+                            "or pass --runs")
+    for run_dir in folders:
+        final = run_dir / "final"
+        if not (final / "config.json").is_file():
+            print(f"{run_dir}: not finished (no final/), skipped")
+        elif _read(run_dir / "eval.json").get("evaluation", {}).get("fingerprint") == fingerprint(final):
+            print(f"{run_dir}: eval.json is up to date, skipped")
+        else:
+            evaluate(final)
+    # Baselines for the classification tasks that have been fine-tuned (make all fine-tunes them all).
+    tuned = {_read(d / "eval.json").get("task") for d in sorted(runs.glob("finetune/*/"))}
+    for name in sorted(tuned & {n for n, t in TASKS.items() if t.kind == "classification"}):
+        baselines.run(name, runs / "baselines")
+    print(f"wrote {report.write(runs, report_dir)}")
+
+
+def evaluate(folder: Path) -> dict:
+    """Measure one model folder and record the result in its run's eval.json."""
+    config = inspect_model_folder(folder)  # not a checkpoint: PipelineError, exit 2
+    kind = model_kind(config)
+    run_dir = folder.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise PipelineError(f"{run_dir}/config.yaml is missing, so {folder} cannot be evaluated on its run's data: "
+                            "pass a final/ folder written by make pretrain or make finetune")
+    started = time.time()
+    record = _read(run_dir / "eval.json")
+    if kind == "causal_lm":
+        record.setdefault("kind", "pretrain")
+        evaluation = _evaluate_lm(folder, run_dir)
+    else:
+        evaluation = _evaluate_task(folder, run_dir, config, kind, record)
+    record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
+                            **evaluation, "seconds": time.time() - started}
+    _write(run_dir / "eval.json", record)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["metrics"].items() if isinstance(v, float))
+    print(f"{run_dir}: {shown} → {run_dir / 'eval.json'}")
+    return record
+
+
+def _evaluate_lm(folder: Path, run_dir: Path) -> dict:
+    """Validation loss, perplexity and bits-per-byte on the run's own packed validation blocks."""
+    cfg = load_recipe(PretrainConfig, run_dir / "config.yaml", [])
+    model, tokenizer = load_causal_lm(folder)
+    data = corpus.build(cfg)  # cached by the run that trained the model, else rebuilt the same way
+    if data.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise PipelineError(f"the corpus cache for {run_dir}/config.yaml has another tokenizer than {folder}: "
+                            f"delete {corpus.cache_root()} and evaluate again, so it is rebuilt as in training")
+    acc = _accelerator()
+    metrics = evaluate_lm(model.to(acc.device), data.eval, acc, tokenizer, cfg.micro_batch_size, cfg.doc_masking)
+    texts = generate_samples(model, tokenizer, SAMPLE_PROMPTS, cfg.sample_tokens, seed=cfg.seed)
+    return {"split": "validation", "blocks": len(data.eval), "metrics": metrics,
+            "samples": [{"prompt": p, "text": t} for p, t in zip(SAMPLE_PROMPTS, texts)]}
+
+
+def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict) -> dict:
+    """The task's metrics on its eval split, as the run's recipe selects it."""
+    if "task" not in record:
+        raise PipelineError(f"{run_dir}/eval.json does not name the task of {folder}: fine-tune it again "
+                            "with overwrite=true, which writes eval.json")
+    task = get_task(record["task"])
+    if kind != task.kind.replace("classification", "classifier"):
+        raise PipelineError(f"{folder} is a {kind} checkpoint, but {run_dir}/eval.json names task {task.name}: "
+                            "fine-tune it again with overwrite=true")
+    cfg = load_recipe(FinetuneConfig, run_dir / "config.yaml", [])
+    hub_id, split, rows = task.load(cfg, "eval")
+    labels = task.label_names(rows, hub_id, split)
+    if kind == "classifier" and [config.id2label[i] for i in range(config.num_labels)] != labels:
+        raise PipelineError(f"{folder} predicts {list(config.id2label.values())}, but {hub_id} '{split}' has labels "
+                            f"{labels}: evaluate it on the dataset it was fine-tuned on")
+    tokenizer = load_tokenizer(folder, config)
+    model, loading = task.head.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
+    if loading["missing_keys"]:  # transformers would have filled them with random weights
+        raise PipelineError(f"{folder} lacks weights {loading['missing_keys'][:3]}: save it again with save_pretrained()")
+    features, info = task.preprocess(rows, tokenizer, cfg, hub_id, split, labels, False)
+    acc = _accelerator()
+    metrics, extras = task.evaluate(model.to(acc.device), rows, features, acc, cfg, tokenizer, labels)
+    if "predictions" in extras:  # official SQuAD format: {question id: answer text}
+        _write(run_dir / "predictions.json", extras["predictions"])
+    return {"dataset": hub_id, "split": split, **info, "metrics": metrics}
+
+
+@cache
+def _accelerator() -> Accelerator:
+    # One process, full precision: every run is measured the same way, whatever it trained in.
+    return Accelerator(mixed_precision="no")
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 of the folder's weight files: changes exactly when the model does."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # renamed into place: a kill never leaves half a file
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

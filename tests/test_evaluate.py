@@ -1,0 +1,120 @@
+"""The evaluate stage on tiny checkpoints of every kind, its skipping, the baselines and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from conftest import finetune, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_pretrain, tiny_classifier, tiny_qa, tmp_path_factory):
+    """A runs/ tree with one run of each kind plus an init=scratch control, evaluated three times:
+    by --ckpt, then everything (which writes the report), then everything again."""
+    runs = tmp_path_factory.mktemp("evaluate") / "runs"
+    for src, dst in ((tiny_pretrain, "pretrain/tiny"), (tiny_classifier, "finetune/sst2"), (tiny_qa, "finetune/squad")):
+        shutil.copytree(src, runs / dst, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    # The control: tiny_classifier's recipe, from random weights.
+    scratch = finetune("sst2", tiny_pretrain / "final", runs / "finetune/sst2-scratch", "init=scratch",
+                       "max_train_samples=128", "max_steps=40")
+    assert scratch.returncode == 0, scratch.stderr[-3000:]
+
+    finals = [runs / "pretrain/tiny/final", runs / "finetune/sst2/final", runs / "finetune/squad/final"]
+    by_ckpt = run_cli("evaluate", "--ckpt", *finals)
+    assert by_ckpt.returncode == 0, by_ckpt.stderr[-3000:]
+    reports = runs.parent / "reports"
+    first = run_cli("evaluate", "--runs", runs, "--report", reports)
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = sorted(runs.glob("*/*/eval.json"))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    second = run_cli("evaluate", "--runs", runs, "--report", reports)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return SimpleNamespace(runs=runs, reports=reports, by_ckpt=by_ckpt, first=first, second=second, before=before)
+
+
+def _eval(run) -> dict:
+    return json.loads((run / "eval.json").read_text())
+
+
+def test_every_kind_writes_eval_json(evaluated):
+    runs = evaluated.runs
+    assert evaluated.by_ckpt.stdout.count("eval.json") == 3
+
+    lm = _eval(runs / "pretrain/tiny")
+    assert lm["kind"] == "pretrain" and lm["evaluation"]["model_kind"] == "causal_lm"
+    metrics = lm["evaluation"]["metrics"]
+    assert math.isclose(metrics["perplexity"], math.exp(metrics["loss"]), rel_tol=1e-9)
+    assert 0 < metrics["bits_per_byte"] < 8 and metrics["eval_tokens"] > 0
+    assert lm["evaluation"]["fingerprint"].startswith("sha256:")
+    assert all(s["text"].startswith(s["prompt"]) for s in lm["evaluation"]["samples"])
+
+    clf = _eval(runs / "finetune/sst2")
+    assert (clf["task"], clf["init"]) == ("sst2", "pretrained") and clf["train_seconds"] > 0  # fine-tuning's fields
+    evaluation = clf["evaluation"]
+    assert evaluation["model_kind"] == "classifier" and evaluation["split"] == "validation"
+    assert sum(map(sum, evaluation["metrics"]["confusion_matrix"])) == evaluation["examples"] == 64
+    assert 0 <= evaluation["metrics"]["f1"] <= 1
+    # The same model on the same rows as fine-tuning's last evaluation (which ran in bf16).
+    assert abs(evaluation["metrics"]["accuracy"] - clf["metrics"]["accuracy"]) <= 3 / 64
+
+    qa = _eval(runs / "finetune/squad")
+    assert qa["evaluation"]["model_kind"] == "qa" and qa["evaluation"]["examples"] == 24
+    assert 0 <= qa["evaluation"]["metrics"]["exact_match"] <= qa["evaluation"]["metrics"]["f1"] <= 100
+    assert len(json.loads((runs / "finetune/squad/predictions.json").read_text())) == 24
+
+
+def test_unchanged_checkpoints_are_skipped(evaluated):
+    runs = ["pretrain/tiny", "finetune/sst2", "finetune/squad", "finetune/sst2-scratch"]
+    # The first full pass only evaluates what --ckpt did not.
+    assert [r for r in runs if f"{r}: eval.json is up to date, skipped" in evaluated.first.stdout] == runs[:3]
+    assert _eval(evaluated.runs / runs[3])["evaluation"]["model_kind"] == "classifier"
+    assert all(f"{r}: eval.json is up to date, skipped" in evaluated.second.stdout for r in runs)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in evaluated.before}
+    assert after == evaluated.before and len(after) == 4
+
+
+def test_tfidf_beats_majority_on_sst2(evaluated):
+    baseline = json.loads((evaluated.runs / "baselines/sst2.json").read_text())
+    assert (baseline["train_examples"], baseline["eval_examples"]) == (67349, 872)  # the full splits
+    assert baseline["tfidf_lr"]["accuracy"] > baseline["majority"]["accuracy"] + 0.1
+    assert not (evaluated.runs / "baselines/squad.json").exists()  # QA has no classification baselines
+
+
+def test_report_tables_gain_baselines_and_plots(evaluated):
+    text = (evaluated.reports / "scoreboard.md").read_text()
+    loss = _eval(evaluated.runs / "pretrain/tiny")["evaluation"]["metrics"]["loss"]
+    assert f"| tiny | " in text and f"| {loss:.3f} |" in text
+    pre, scratch = (_eval(evaluated.runs / f"finetune/{r}")["evaluation"]["metrics"]["accuracy"] * 100
+                    for r in ("sst2", "sst2-scratch"))
+    assert f"| sst2 | pretrained | {pre:.1f} |" in text and f"| sst2 | scratch | {scratch:.1f} |" in text
+    assert f"| {pre - scratch:+.1f} |" in text
+    baseline = json.loads((evaluated.runs / "baselines/sst2.json").read_text())
+    assert f"| sst2 | majority class | {baseline['majority']['accuracy'] * 100:.1f} |" in text
+    assert f"| sst2 | TF-IDF + LR | {baseline['tfidf_lr']['accuracy'] * 100:.1f} |" in text
+    f1 = _eval(evaluated.runs / "finetune/squad")["evaluation"]["metrics"]["f1"]
+    assert f"| squad | pretrained | {f1:.1f} |" in text
+    assert "| imdb | — | — |" in text  # not fine-tuned yet
+    anchors = text[text.index("## Published reference figures"):]
+    assert "| sst2 | BERT-base (cased) | accuracy | 92.3 |" in anchors and "20,000-row subset" in anchors
+    for name in ("pretrain_loss.png", "finetune_loss.png", "scores.png"):
+        assert f"]({name})" in text
+        path = evaluated.reports / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_not_a_checkpoint_exits_2(tmp_path):
+    result = run_cli("evaluate", "--ckpt", tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a checkpoint" in lines[0], result.stderr
