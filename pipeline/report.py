@@ -123,7 +123,7 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
 
 
 def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, tuple]:
-    """model → (headline metric, second metric, eval examples, wall seconds), all in percent."""
+    """model → (headline metric, second metric, eval examples, wall seconds); scores in percent."""
     (key, _), (key2, _) = METRICS[family]
     scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
     rows = {}
@@ -156,7 +156,8 @@ def _loss_plot(runs: dict[str, Path], out: Path) -> list[str]:
             if folder in runs and (train := _curves(runs[folder])["train"]):
                 ax.plot([r["step"] for r in train], [r["loss"] for r in train], style, label=init)
         ax.set(title=name, xlabel="step", ylabel="train loss")
-        ax.legend(fontsize="small")
+        if ax.lines:
+            ax.legend(fontsize="small")
     for ax in axes[len(tasks):]:
         ax.remove()
     fig.suptitle("Fine-tuning loss")
@@ -189,7 +190,7 @@ def _bar_chart(bars: dict[str, dict[str, float]], out: Path) -> list[str]:
 # ---- published figures ------------------------------------------------------------------------
 def _anchor_section() -> list[str]:
     lines = ["## Published reference figures (not measured here)", "",
-             "Larger models trained on more data; for orientation only.", "",
+             "Other models trained on other data: for orientation only, not comparable figure for figure.", "",
              "| task | model | metric | published | source | our split |", "|---|---|---|---:|---|---|"]
     for task, model, metric, value, source in ANCHORS:
         lines.append(f"| {task} | {model} | {metric} | {value:.1f} | {source} | "
@@ -203,7 +204,7 @@ def _json(path: Path) -> dict:
 
 
 def _curves(run: Path) -> dict[str, list[dict]]:
-    """metrics.jsonl rows by split, one per step: a resumed run logs again the steps after its checkpoint."""
+    """metrics.jsonl rows by split, one per step: a run restarted before its first checkpoint logs them again."""
     rows: dict[tuple[str, int], dict] = {}
     path = run / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:

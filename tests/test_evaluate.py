@@ -91,7 +91,7 @@ def test_tfidf_beats_majority_on_sst2(evaluated):
 def test_report_tables_gain_baselines_and_plots(evaluated):
     text = (evaluated.reports / "scoreboard.md").read_text()
     loss = _eval(evaluated.runs / "pretrain/tiny")["evaluation"]["metrics"]["loss"]
-    assert f"| tiny | " in text and f"| {loss:.3f} |" in text
+    assert "| tiny | " in text and f"| {loss:.3f} |" in text
     pre, scratch = (_eval(evaluated.runs / f"finetune/{r}")["evaluation"]["metrics"]["accuracy"] * 100
                     for r in ("sst2", "sst2-scratch"))
     assert f"| sst2 | pretrained | {pre:.1f} |" in text and f"| sst2 | scratch | {scratch:.1f} |" in text

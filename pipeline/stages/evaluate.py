@@ -106,7 +106,8 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
     tokenizer = load_tokenizer(folder, config)
     model, loading = task.head.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
     if loading["missing_keys"]:  # transformers would have filled them with random weights
-        raise PipelineError(f"{folder} lacks weights {loading['missing_keys'][:3]}: save it again with save_pretrained()")
+        raise PipelineError(f"{folder} lacks weights {sorted(loading['missing_keys'])[:3]}: "
+                            "save it again with save_pretrained()")
     features, info = task.preprocess(rows, tokenizer, cfg, hub_id, split, labels, False)
     acc = _accelerator()
     metrics, extras = task.evaluate(model.to(acc.device), rows, features, acc, cfg, tokenizer, labels)
