@@ -43,7 +43,13 @@ def load_splits(hub_id: str, config: str | None = None) -> datasets.DatasetDict:
     # datasets logs a warning per missing cache file; keep the user's terminal for real news.
     datasets.logging.set_verbosity(logging.ERROR)
     if folder is not None:
-        return datasets.load_dataset(str(folder))
+        try:
+            return datasets.load_dataset(str(folder))
+        except Exception as e:  # datasets wraps decode and schema errors in its own types
+            cause = e.__cause__ or e.__context__ or e
+            reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
+            raise PipelineError(f"cannot read the local copy of {hub_id} in {folder} ({type(cause).__name__}: "
+                                f"{reason}): its files must be UTF-8 text, CSV, JSON or Parquet") from None
     try:
         return datasets.load_dataset(hub_id, config)
     except Exception as e:  # the hub raises many types: offline, not found, gated, bad config
