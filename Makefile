@@ -30,7 +30,7 @@ CKPT ?=
 ARGS ?=
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain clean
+.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain bench-attention clean
 
 install:
 	python3 -m venv .venv
@@ -75,6 +75,9 @@ test:
 
 bench-pretrain:
 	$(PY) bench/pretrain.py
+
+bench-attention:
+	$(PY) bench/attention.py
 
 clean:
 	rm -rf runs reports/bench data/cache

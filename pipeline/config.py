@@ -85,12 +85,14 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    """Llama-style decoder sizes (mapped onto transformers' LlamaConfig)."""
+    """Llama-style decoder sizes (mapped onto transformers' LlamaConfig; MistralConfig with a sliding window)."""
 
     hidden_size: int = 256
     num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: Optional[int] = None  # grouped-query attention; null = num_heads
+    num_heads: int = 4  # 1 = single-head attention over the full width
+    num_kv_heads: Optional[int] = None  # grouped-query attention (1 = multi-query); null = num_heads
+    sliding_window: Optional[int] = None  # each token attends to itself and the W-1 before it; null = all
+    attention_scale: Optional[float] = None  # softmax(s·QKᵀ); null = 1/sqrt(head_dim); needs sdpa
     intermediate_size: Optional[int] = None  # null = SwiGLU's 8/3 × hidden, rounded up to 64
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
@@ -105,6 +107,11 @@ class ModelConfig:
         kv = self.num_kv_heads
         if kv is not None and (kv <= 0 or self.num_heads % kv):
             _bad("model.num_kv_heads", kv, f"must divide model.num_heads={self.num_heads}")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            _bad("model.sliding_window", self.sliding_window, "must be > 0, or null for full causal attention")
+        scale = self.attention_scale
+        if scale is not None and not (scale > 0 and math.isfinite(scale)):
+            _bad("model.attention_scale", scale, "must be > 0, or null for 1/sqrt(head_dim)")
 
 
 @dataclass
