@@ -16,7 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import FinetuneConfig
-from pipeline.metrics import load_metric
+from pipeline.tasks.classification import scores
 from pipeline.tasks import get_task
 
 MODELS = {"majority": "majority class", "tfidf_lr": "TF-IDF + LR"}
@@ -60,8 +60,3 @@ def run(task_name: str, root: Path, log=print) -> dict:
     return result
 
 
-def scores(predictions: np.ndarray, references: np.ndarray, n_labels: int) -> dict:
-    """Accuracy and macro-F1 over all classes, as Classification.evaluate computes them."""
-    return {"accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"],
-            "f1": load_metric("f1").compute(predictions=predictions, references=references,
-                                            labels=list(range(n_labels)))["f1"]}

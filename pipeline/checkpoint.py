@@ -174,7 +174,15 @@ def load_causal_lm(path: str | Path):
     if model_kind(config) != "causal_lm":
         raise PipelineError(f"{path} is a {model_kind(config)} checkpoint, not a causal LM: pass a pretrain final/ folder")
     tokenizer = load_tokenizer(path, config)
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), tokenizer
+    return load_weights(path, AutoModelForCausalLM, config), tokenizer
+
+
+def load_weights(path: Path, model_class, config, **kwargs):
+    """`model_class.from_pretrained` from safetensors only, on the attention the config needs."""
+    from pipeline.attention import attn_implementation_for
+
+    return model_class.from_pretrained(path, use_safetensors=True,
+                                       attn_implementation=attn_implementation_for(config, "sdpa"), **kwargs)
 
 
 def newest_final(root: str | Path) -> Path:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from pipeline.attention import attn_implementation_for
 from pipeline.checkpoint import inspect_model_folder, load_tokenizer, model_kind
 from pipeline.errors import PipelineError
 
@@ -30,7 +31,7 @@ def load_head(ckpt: str | Path, head_class, init: str, seed: int, attn_implement
     tokenizer = load_tokenizer(ckpt, config)
     config = AutoConfig.from_pretrained(ckpt, pad_token_id=tokenizer.pad_token_id, **head_config)
     torch.manual_seed(seed)  # the head (and, for init=scratch, the body) start from seeded random weights
-    model = head_class.from_config(config, attn_implementation=attn_implementation)
+    model = head_class.from_config(config, attn_implementation=attn_implementation_for(config, attn_implementation))
     if init == "pretrained":
         load_body(model, ckpt, config)
     return model, tokenizer
@@ -49,8 +50,3 @@ def load_body(model, ckpt: Path, config) -> None:
             f"unexpected {list(unexpected)[:3]}): pass a checkpoint of the same architecture"
         )
 
-
-def new_parameters(model, ckpt: Path) -> list[str]:
-    """Names of the model's parameters that are not the checkpoint's body weights (the head)."""
-    prefix = model.base_model_prefix + "."
-    return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]

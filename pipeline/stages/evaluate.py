@@ -18,7 +18,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from pipeline import baselines, corpus, report
-from pipeline.checkpoint import inspect_model_folder, load_causal_lm, load_tokenizer, model_kind
+from pipeline.checkpoint import inspect_model_folder, load_causal_lm, load_tokenizer, load_weights, model_kind
 from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.lm import evaluate_lm, generate_samples
@@ -104,7 +104,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
         raise PipelineError(f"{folder} predicts {list(config.id2label.values())}, but {hub_id} '{split}' has labels "
                             f"{labels}: evaluate it on the dataset it was fine-tuned on")
     tokenizer = load_tokenizer(folder, config)
-    model, loading = task.head.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
+    model, loading = load_weights(folder, task.head, config, output_loading_info=True)
     if loading["missing_keys"]:  # transformers would have filled them with random weights
         raise PipelineError(f"{folder} lacks weights {sorted(loading['missing_keys'])[:3]}: "
                             "save it again with save_pretrained()")

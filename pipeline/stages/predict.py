@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from pipeline.checkpoint import inspect_model_folder, load_tokenizer, model_kind
+from pipeline.checkpoint import inspect_model_folder, load_tokenizer, load_weights, model_kind
 from pipeline.errors import PipelineError
 from pipeline.tasks import get_task
 from pipeline.tasks.qa import postprocess_with_scores, prepare_eval_features
@@ -25,7 +25,7 @@ def run(task_name: str, ckpt: str | None, text: str | None, question: str | None
     if kind == "classifier":
         if not text:
             raise PipelineError(f"task {task.name} classifies a text: pass TEXT=\"...\"")
-        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+        model = load_weights(folder, AutoModelForSequenceClassification, config).eval()
         with torch.no_grad():
             probs = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
         best = int(probs.argmax())
@@ -33,7 +33,7 @@ def run(task_name: str, ckpt: str | None, text: str | None, question: str | None
         return
     if not (question and context):
         raise PipelineError(f"task {task.name} answers a question: pass QUESTION=\"...\" CONTEXT=\"...\"")
-    model = AutoModelForQuestionAnswering.from_pretrained(folder, use_safetensors=True).eval()
+    model = load_weights(folder, AutoModelForQuestionAnswering, config).eval()
     example = {"id": ["q"], "question": [question], "context": [context]}
     features = prepare_eval_features(example, tokenizer, max_length=384, doc_stride=128)
     with torch.no_grad():

@@ -72,9 +72,14 @@ class Classification(Task):
                            cfg.micro_batch_size * 2)["logits"]
         predictions = np.stack(logits).argmax(-1)
         references = np.asarray(features["labels"])
-        metrics = dict(load_metric("accuracy").compute(predictions=predictions, references=references))
-        metrics["f1"] = load_metric("f1").compute(predictions=predictions, references=references,
-                                                  labels=list(range(len(label_names))))["f1"]
+        metrics = scores(predictions, references, len(label_names))
         metrics["confusion_matrix"] = confusion_matrix(references, predictions,
                                                        labels=list(range(len(label_names)))).tolist()
         return metrics, {}
+
+
+def scores(predictions: np.ndarray, references: np.ndarray, n_labels: int) -> dict:
+    """Accuracy and macro-F1 over all classes (a class never predicted counts as F1 0)."""
+    labels = list(range(n_labels))
+    return {"accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"],
+            "f1": load_metric("f1").compute(predictions=predictions, references=references, labels=labels)["f1"]}
