@@ -12,14 +12,14 @@ export TOKENIZERS_PARALLELISM := false
 
 NPROC ?= 1
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-# One variable picks the launcher, so the commands above stay the same everywhere:
-# GPUs use `accelerate launch` with the shipped configs; CPU processes use torchrun (gloo),
-# because `accelerate launch --cpu --num_processes N` needs mpirun here.
-ifeq ($(HAS_GPU),1)
-  ACCEL_CONFIG ?= $(if $(filter 1,$(NPROC)),single_gpu,multi_gpu)
-  LAUNCH ?= .venv/bin/accelerate launch --config_file recipes/accelerate/$(ACCEL_CONFIG).yaml --num_processes $(NPROC) -m
-else ifeq ($(NPROC),1)
-  LAUNCH ?= .venv/bin/accelerate launch --config_file recipes/accelerate/cpu.yaml -m
+# One variable picks the launcher, so the commands above stay the same everywhere. One process
+# runs directly (what `accelerate launch` would do, without wrapping a bad-input exit 2 in its
+# own traceback); several GPUs use `accelerate launch` with the shipped configs; several CPU
+# processes use torchrun (gloo), because `accelerate launch --cpu --num_processes N` needs mpirun.
+ifeq ($(NPROC),1)
+  LAUNCH ?= $(PY) -m
+else ifeq ($(HAS_GPU),1)
+  LAUNCH ?= .venv/bin/accelerate launch --config_file recipes/accelerate/$(or $(ACCEL_CONFIG),multi_gpu).yaml --num_processes $(NPROC) -m
 else
   LAUNCH ?= .venv/bin/torchrun --standalone --nproc_per_node $(NPROC) -m
 endif
