@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other bad input
-        raise PipelineError(f"{message} (see: python -m pipeline {self.prog.split()[-1]} --help)")
+        raise PipelineError(f"{message} (see: python -m {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork DataLoader workers
     _quiet_libraries()
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        # key=value overrides may come before or after the options: collect the ones argparse left.
+        args, extra = parser.parse_known_args(argv)
+        unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if extra:
+            args.overrides += extra
         _dispatch(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -189,14 +189,16 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             if step % cfg.eval_steps == 0 or step == self.max_steps:
                 self.run_evaluation(model)
-            if step % cfg.save_steps == 0 or step == self.max_steps:
+            stop = self._should_stop()
+            if stop or step % cfg.save_steps == 0 or step == self.max_steps:
                 # Never write a checkpoint from a broken state: check the loss since the last log.
                 self._check_finite(acc.reduce(loss_sum, "sum").item())
-                checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
-            if self._should_stop():
+                self.state.tokens += acc.reduce(tokens, "sum").item()  # the saved count must be exact
+                tokens.zero_()
                 path = checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
-                bar.close()
-                raise TrainingInterrupted(path)
+                if stop:
+                    bar.close()
+                    raise TrainingInterrupted(path)
             if step % cfg.logging_steps == 0:
                 window_start = time.perf_counter()  # evaluation and saving don't count as training time
         bar.close()
