@@ -22,16 +22,21 @@ from pipeline.tasks import get_task
 MODELS = {"majority": "majority class", "tfidf_lr": "TF-IDF + LR"}
 
 
-def run(task_name: str, root: Path, log=print) -> dict:
-    """The task's baseline scores, computed once and then read from root/<task>.json."""
+def run(task_name: str, root: Path, max_eval_samples: int | None = None, seed: int = 1337, log=print) -> dict:
+    """The task's baseline scores, computed once and then read from root/<task>.json.
+
+    They train on the task's whole train split (they are cheap) and are scored on the same
+    evaluation examples as the fine-tuned runs (`max_eval_samples` and `seed` of those runs).
+    """
     task = get_task(task_name)
     path = root / f"{task.name}.json"
-    splits = {"dataset": task.dataset, "train_split": task.train_split, "eval_split": task.eval_split}
+    splits = {"dataset": task.dataset, "train_split": task.train_split, "eval_split": task.eval_split,
+              "max_eval_samples": max_eval_samples, "seed": seed}
     if path.is_file():
         cached = json.loads(path.read_text())
         if all(cached.get(k) == v for k, v in splits.items()):  # else the task changed: recompute
             return cached
-    cfg = FinetuneConfig()  # the task's own dataset and splits, no sample limits
+    cfg = FinetuneConfig(max_eval_samples=max_eval_samples, seed=seed)
     started = time.time()
     hub_id, train_split, train = task.load(cfg, "train")
     _, eval_split, evals = task.load(cfg, "eval")
@@ -49,6 +54,7 @@ def run(task_name: str, root: Path, log=print) -> dict:
 
     result = {
         "task": task.name, "dataset": hub_id, "train_split": train_split, "eval_split": eval_split,
+        "max_eval_samples": max_eval_samples, "seed": seed,
         "train_examples": len(train), "eval_examples": len(evals),
         "majority": scores(majority, y_eval, len(labels)), "tfidf_lr": scores(tfidf, y_eval, len(labels)),
         "seconds": time.time() - started,

@@ -82,10 +82,12 @@ def epoch_batches(n: int, micro_batch: int, num_processes: int, rank: int, seed:
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model, train_data, collate: Callable,
                  evaluate: Callable[[torch.nn.Module], dict], out: Path, tokenizer,
-                 on_evaluate: Callable[[torch.nn.Module, int], None] | None = None):
+                 on_evaluate: Callable[[torch.nn.Module, int], None] | None = None,
+                 run_files: dict[str, str] | None = None):
         self.cfg, self.acc, self.out, self.tokenizer = cfg, accelerator, out, tokenizer
         self.train_data, self.collate = train_data, collate
         self.evaluate_fn, self.on_evaluate = evaluate, on_evaluate
+        self.run_files = run_files or {}  # written once the run has really started (e.g. config.yaml)
         self.accum = cfg.gradient_accumulation_steps(accelerator.num_processes)
         self.batches_per_epoch = len(train_data) // (cfg.micro_batch_size * accelerator.num_processes)
         if self.batches_per_epoch == 0:
@@ -143,7 +145,10 @@ class Trainer:
             if acc.is_main_process:
                 checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
-        if acc.is_main_process:
+        if acc.is_main_process:  # only now, after a resume loaded cleanly, is the output folder touched
+            self.out.mkdir(parents=True, exist_ok=True)
+            for name, text in self.run_files.items():
+                (self.out / name).write_text(text)
             acc.init_trackers("tensorboard")
 
         self._install_signal_handlers()

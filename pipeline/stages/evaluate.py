@@ -44,9 +44,13 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
         else:
             evaluate(final)
     # Baselines for the classification tasks that have been fine-tuned (make all fine-tunes them all).
-    tuned = {_read(d / "eval.json").get("task") for d in sorted(runs.glob("finetune/*/"))}
-    for name in sorted(tuned & {n for n, t in TASKS.items() if t.kind == "classification"}):
-        baselines.run(name, runs / "baselines")
+    tuned = {}  # task → the recipe of its run (the pretrained one if both exist), for its eval sample
+    for run_dir in sorted(runs.glob("finetune/*/"), reverse=True):  # "<task>" sorts after "<task>-scratch"
+        task_name = _read(run_dir / "eval.json").get("task")
+        if task_name in TASKS and TASKS[task_name].kind == "classification" and (run_dir / "config.yaml").is_file():
+            tuned[task_name] = load_recipe(FinetuneConfig, run_dir / "config.yaml", [])
+    for name, cfg in sorted(tuned.items()):
+        baselines.run(name, runs / "baselines", cfg.max_eval_samples, cfg.seed)
     print(f"wrote {report.write(runs, report_dir)}")
 
 

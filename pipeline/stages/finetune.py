@@ -36,11 +36,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
                       f"max_length={cfg.max_length} and were truncated")
 
     # All input is validated; from here on the output folder may be written.
-    if acc.is_main_process:
-        if cfg.overwrite:
-            checkpoint.clear_run_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+    if acc.is_main_process and cfg.overwrite:
+        checkpoint.clear_run_dir(out)
     acc.print(f"{task.name}: {train_info['examples']:,} train examples ({train_split}), "
               f"{eval_info['examples']:,} eval examples ({eval_split}), init={cfg.init} from {ckpt}")
 
@@ -51,7 +48,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         extras.update(found)
         return metrics
 
-    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), evaluate, out, tokenizer)
+    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), evaluate, out, tokenizer,
+                      run_files={"config.yaml": to_yaml(cfg)})
     state = trainer.fit()
     checkpoint.save_final(acc, trainer.model, tokenizer, out / "final")
 

@@ -26,12 +26,8 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         data = corpus.build(cfg, log=acc.print)
 
     # All input is validated; from here on the output folder may be written.
-    if acc.is_main_process:
-        if cfg.overwrite:
-            checkpoint.clear_run_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        (out / "corpus.json").write_text(json.dumps(data.stats, indent=2))
+    if acc.is_main_process and cfg.overwrite:
+        checkpoint.clear_run_dir(out)
 
     model = build_causal_lm(llama_config(cfg.model, data.tokenizer, cfg.seq_len, cfg.attn_implementation), cfg.seed)
     counts = parameter_counts(model)
@@ -56,6 +52,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         evaluate=partial(evaluate_lm, blocks=data.eval, accelerator=acc, tokenizer=data.tokenizer,
                          micro_batch_size=cfg.micro_batch_size, doc_masking=cfg.doc_masking),
         out=out, tokenizer=data.tokenizer, on_evaluate=show_samples if cfg.num_samples else None,
+        run_files={"config.yaml": to_yaml(cfg), "corpus.json": json.dumps(data.stats, indent=2)},
     )
     state = trainer.fit()
     checkpoint.save_final(acc, trainer.model, data.tokenizer, out / "final")
