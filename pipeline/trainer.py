@@ -47,7 +47,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches this process consumed in the current epoch
     tokens: int = 0  # tokens trained on, all processes together
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps only
+    wall_seconds: float = 0.0  # the whole loop with evaluation and saving, summed over resumed runs
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -151,6 +152,7 @@ class Trainer:
                 (self.out / name).write_text(text)
             acc.init_trackers("tensorboard")
 
+        started, wall_before = time.perf_counter(), self.state.wall_seconds
         self._install_signal_handlers()
         bar = tqdm(total=self.max_steps, initial=self.state.step, disable=not acc.is_main_process,
                    desc="train", dynamic_ncols=True)
@@ -200,6 +202,7 @@ class Trainer:
                 self._check_finite(acc.reduce(loss_sum, "sum").item())
                 self.state.tokens += acc.reduce(tokens, "sum").item()  # the saved count must be exact
                 tokens.zero_()
+                self.state.wall_seconds = wall_before + time.perf_counter() - started
                 path = checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
                 if stop:
                     bar.close()
@@ -207,6 +210,7 @@ class Trainer:
             if step % cfg.logging_steps == 0:
                 window_start = time.perf_counter()  # evaluation and saving don't count as training time
         bar.close()
+        self.state.wall_seconds = wall_before + time.perf_counter() - started
         for tracker in acc.trackers:  # flush TensorBoard; end_training() would also tear down the process group
             tracker.finish()
         self.model = acc.unwrap_model(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pipeline import checkpoint
@@ -15,7 +14,6 @@ from pipeline.trainer import Trainer, make_accelerator
 
 
 def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
-    started = time.time()
     task = get_task(task_name)
     checkpoint.prepare_run_dir(out, cfg.resume, cfg.overwrite)
     acc = make_accelerator(cfg, out)
@@ -57,7 +55,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "metrics": trainer.last_eval, "steps": state.step, "train_seconds": state.train_seconds,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": state.wall_seconds,
     }
     if acc.is_main_process:
         (out / "eval.json").write_text(json.dumps(report, indent=2))

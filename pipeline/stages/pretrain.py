@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +17,6 @@ SAMPLE_PROMPTS = ["The history of", "In the early years,", "The film"]
 
 
 def run(cfg: PretrainConfig, out: Path) -> dict:
-    started = time.time()
     checkpoint.prepare_run_dir(out, cfg.resume, cfg.overwrite)
     acc = make_accelerator(cfg, out)
     check_backend(cfg.attn_implementation, acc.device, training=True)
@@ -61,7 +59,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         "kind": "pretrain", "recipe": cfg.name, "parameters": counts["total"],
         "non_embedding_parameters": counts["non_embedding"], "flops_per_token": flops,
         "tokens": state.tokens, "steps": state.step, "train_seconds": state.train_seconds,
-        "wall_seconds": time.time() - started, "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        "wall_seconds": state.wall_seconds, "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
         "eval": trainer.last_eval,
     }
     if acc.is_main_process:
