@@ -173,7 +173,12 @@ def run_series(a, backend: str, variant: str, backward: bool, device: torch.devi
                                                f"~{last[2] * grow / GIB:.1f} GiB, extrapolated from {seq // 2}"})
                 print(f"{backend:>17} {variant:>7} {seq:>6}: {rows[-1]['skipped']}")
                 break
-        seconds, peak = measure(model, make_batch(seq, batch, packed, a.doc_len, device), backward, a.repeats, device)
+        try:
+            seconds, peak = measure(model, make_batch(seq, batch, packed, a.doc_len, device), backward, a.repeats, device)
+        except Exception as e:  # e.g. torch.compile of flex_attention failing at one shape: record it, go on
+            rows.append({**row, "skipped": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+            print(f"{backend:>17} {variant:>7} {seq:>6}: {rows[-1]['skipped']}")
+            break
         rows.append({**row, "seconds": seconds, "tokens_per_s": batch * seq / seconds, "peak_bytes": peak})
         print(f"{backend:>17} {variant:>7} {seq:>6}: {seconds * 1e3:9.1f} ms {peak / 2**20:8.0f} MiB "
               f"({row['mode']}, batch {batch})")
