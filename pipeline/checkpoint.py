@@ -8,6 +8,7 @@ so a kill during a save never leaves a half-written checkpoint under a real name
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -190,3 +191,14 @@ def newest_final(root: str | Path) -> Path:
     if not finals:
         raise PipelineError(f"no checkpoint under {root}/*/final: run make pretrain first, or pass CKPT=<folder>")
     return finals[-1].parent
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 of the folder's weight files: changes exactly when the model does."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"

@@ -53,14 +53,15 @@ def write(runs: Path, out: Path) -> Path:
 def _pretrain_section(runs: dict[str, Path], out: Path) -> list[str]:
     if not runs:
         return ["## Pretraining", "", f"{DASH} (no pretraining run yet)"]
-    lines = ["## Pretraining", "", "Validation metrics are on each run's held-out corpus blocks.", "",
-             "| run | parameters | tokens seen | wall time | tokens/s | val loss | perplexity | bits/byte |",
+    lines = ["## Pretraining", "", "Validation metrics are on each run's held-out corpus blocks; training time is the",
+             "optimizer steps' time summed over resumed runs, and tokens/s is tokens over that time.", "",
+             "| run | parameters | tokens seen | training time | tokens/s | val loss | perplexity | bits/byte |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         summary = _json(run / "run.json")
         metrics = _json(run / "eval.json").get("evaluation", {}).get("metrics", {})
         lines.append(f"| {name} | {_count(summary.get('parameters'))} | {_count(summary.get('tokens'))} | "
-                     f"{_duration(summary.get('wall_seconds'))} | {_num(summary.get('tokens_per_s'), 0)} | "
+                     f"{_duration(summary.get('train_seconds'))} | {_num(summary.get('tokens_per_s'), 0)} | "
                      f"{_num(metrics.get('loss'), 3)} | {_num(metrics.get('perplexity'), 1)} | "
                      f"{_num(metrics.get('bits_per_byte'), 3)} |")
     return lines + [""] + _pretrain_plot(runs, out)

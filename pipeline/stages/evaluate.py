@@ -8,7 +8,6 @@ whose fingerprint still matches is skipped, so evaluating everything again is ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from pipeline import baselines, corpus, report
-from pipeline.checkpoint import inspect_model_folder, load_causal_lm, load_tokenizer, load_weights, model_kind
+from pipeline.checkpoint import fingerprint, inspect_model_folder, load_causal_lm, load_tokenizer, load_weights, model_kind
 from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.lm import evaluate_lm, generate_samples
@@ -124,17 +123,6 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
 def _accelerator() -> Accelerator:
     # One process, full precision: every run is measured the same way, whatever it trained in.
     return Accelerator(mixed_precision="no")
-
-
-def fingerprint(folder: Path) -> str:
-    """sha256 of the folder's weight files: changes exactly when the model does."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _read(path: Path) -> dict:

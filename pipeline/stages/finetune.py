@@ -56,6 +56,10 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "metrics": trainer.last_eval, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds,
+        # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
+        "evaluation": {"model": str(out / "final"), "model_kind": task.kind.replace("classification", "classifier"),
+                       "fingerprint": checkpoint.fingerprint(out / "final"), "dataset": hub_id, "split": eval_split,
+                       **eval_info, "metrics": trainer.last_eval, "precision": cfg.mixed_precision},
     }
     if acc.is_main_process:
         (out / "eval.json").write_text(json.dumps(report, indent=2))
