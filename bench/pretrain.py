@@ -90,7 +90,7 @@ def run_pipeline(cfg: PretrainConfig, data) -> list[float]:
         check_backend(cfg.attn_implementation, acc.device, training=True)
         trainer = TimedTrainer(cfg, acc, fresh_model(cfg, data), data.train,
                                collate=PackedCollator(data.tokenizer.eos_token_id, cfg.doc_masking),
-                               evaluate=lambda model: {}, out=Path(tmp), tokenizer=data.tokenizer)
+                               evaluate=lambda model: {}, out=Path(tmp))
         try:
             trainer.fit()
         finally:  # the Trainer catches SIGINT/SIGTERM; give Ctrl-C back

@@ -82,10 +82,10 @@ def epoch_batches(n: int, micro_batch: int, num_processes: int, rank: int, seed:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model, train_data, collate: Callable,
-                 evaluate: Callable[[torch.nn.Module], dict], out: Path, tokenizer,
+                 evaluate: Callable[[torch.nn.Module], dict], out: Path,
                  on_evaluate: Callable[[torch.nn.Module, int], None] | None = None,
                  run_files: dict[str, str] | None = None):
-        self.cfg, self.acc, self.out, self.tokenizer = cfg, accelerator, out, tokenizer
+        self.cfg, self.acc, self.out = cfg, accelerator, out
         self.train_data, self.collate = train_data, collate
         self.evaluate_fn, self.on_evaluate = evaluate, on_evaluate
         self.run_files = run_files or {}  # written once the run has really started (e.g. config.yaml)

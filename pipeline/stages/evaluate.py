@@ -97,7 +97,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
         raise PipelineError(f"{run_dir}/eval.json does not name the task of {folder}: fine-tune it again "
                             "with overwrite=true, which writes eval.json")
     task = get_task(record["task"])
-    if kind != task.kind.replace("classification", "classifier"):
+    if kind != task.model_kind:
         raise PipelineError(f"{folder} is a {kind} checkpoint, but {run_dir}/eval.json names task {task.name}: "
                             "fine-tune it again with overwrite=true")
     cfg = load_recipe(FinetuneConfig, run_dir / "config.yaml", [])

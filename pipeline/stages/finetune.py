@@ -46,7 +46,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         extras.update(found)
         return metrics
 
-    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), evaluate, out, tokenizer,
+    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), evaluate, out,
                       run_files={"config.yaml": to_yaml(cfg)})
     state = trainer.fit()
     checkpoint.save_final(acc, trainer.model, tokenizer, out / "final")
@@ -57,7 +57,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "metrics": trainer.last_eval, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds,
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
-        "evaluation": {"model": str(out / "final"), "model_kind": task.kind.replace("classification", "classifier"),
+        "evaluation": {"model": str(out / "final"), "model_kind": task.model_kind,
                        "fingerprint": checkpoint.fingerprint(out / "final"), "dataset": hub_id, "split": eval_split,
                        **eval_info, "metrics": trainer.last_eval, "precision": cfg.mixed_precision},
     }

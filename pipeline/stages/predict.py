@@ -18,7 +18,7 @@ def run(task_name: str, ckpt: str | None, text: str | None, question: str | None
     folder = Path(ckpt) if ckpt else Path("runs/finetune") / task.name / "final"
     config = inspect_model_folder(folder)
     kind = model_kind(config)
-    if kind != task.kind.replace("classification", "classifier"):
+    if kind != task.model_kind:
         raise PipelineError(f"{folder} is a {kind} checkpoint, but task {task.name} needs a {task.kind} model: "
                             f"pass CKPT=runs/finetune/{task.name}/final")
     tokenizer = load_tokenizer(folder, config)

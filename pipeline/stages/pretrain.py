@@ -49,7 +49,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         collate=PackedCollator(data.tokenizer.eos_token_id, cfg.doc_masking),
         evaluate=partial(evaluate_lm, blocks=data.eval, accelerator=acc, tokenizer=data.tokenizer,
                          micro_batch_size=cfg.micro_batch_size, doc_masking=cfg.doc_masking),
-        out=out, tokenizer=data.tokenizer, on_evaluate=show_samples if cfg.num_samples else None,
+        out=out, on_evaluate=show_samples if cfg.num_samples else None,
         run_files={"config.yaml": to_yaml(cfg), "corpus.json": json.dumps(data.stats, indent=2)},
     )
     state = trainer.fit()

@@ -26,6 +26,7 @@ class Classification(Task):
     text_column: str = "text"
     label_column: str = "label"
     kind = "classification"
+    model_kind = "classifier"  # what checkpoint.model_kind calls a saved model of this family
     head = AutoModelForSequenceClassification
 
     def label_names(self, rows: datasets.Dataset, hub_id: str, split: str) -> list[str]:
@@ -68,7 +69,7 @@ class Classification(Task):
 
     def evaluate(self, model, rows, features, accelerator, cfg: FinetuneConfig, tokenizer,
                  label_names: list[str]) -> tuple[dict, dict]:
-        logits = run_model(model, features.remove_columns("labels"), self.collator(tokenizer), accelerator,
+        logits = run_model(model, features, self.collator(tokenizer), accelerator,
                            cfg.micro_batch_size * 2)["logits"]
         predictions = np.stack(logits).argmax(-1)
         references = np.asarray(features["labels"])

@@ -159,6 +159,7 @@ class ExtractiveQA(Task):
 
     metrics: tuple[str, ...] = ("squad",)
     kind = "qa"
+    model_kind = "qa"
     head = AutoModelForQuestionAnswering
 
     def label_names(self, rows: datasets.Dataset, hub_id: str, split: str) -> list[str]:
