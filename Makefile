@@ -30,7 +30,7 @@ CKPT ?=
 ARGS ?=
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain bench-attention clean
+.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
 
 install:
 	python3 -m venv .venv
@@ -79,5 +79,11 @@ bench-pretrain:
 bench-attention:
 	$(PY) bench/attention.py
 
+bench-profile:
+	$(PY) bench/profile_step.py $(ARGS)
+
+bench-loss:
+	$(PY) bench/lm_head_loss.py
+
 clean:
-	rm -rf runs reports/bench data/cache
+	rm -rf runs data/cache  # reports/ holds committed results: not removed

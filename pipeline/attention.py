@@ -9,6 +9,8 @@ SDPA with the scale read from the model config instead of 1/sqrt(head_dim). tran
 builds no mask at all for an attention name it has no mask function for (it assumes a kernel
 that masks itself), which would silently drop padding and document masks; so the name is
 registered for masks too, with SDPA's.
+
+And one for packed documents on a CPU, `blocksparse_sdpa` (see `blocksparse_sdpa_forward`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from pipeline.errors import PipelineError
 
 SCALED_SDPA = "scaled_sdpa"
+BLOCKSPARSE_SDPA = "blocksparse_sdpa"
+QUERY_CHUNK = 256  # queries per SDPA call in blocksparse_sdpa: smaller skips more keys, but makes more calls
 
 
 def scaled_sdpa_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -29,8 +33,41 @@ def scaled_sdpa_forward(module, query, key, value, attention_mask, scaling=None,
                                   scaling=module.config.attention_scale, **kwargs)
 
 
+@torch.compiler.disable  # key ranges depend on the data: run eagerly, also inside a compiled model
+def blocksparse_sdpa_forward(module, query, key, value, attention_mask, **kwargs):
+    """SDPA in chunks of queries, each over only the keys its mask lets it see.
+
+    With document masking a packed block's mask is block-diagonal, and causal within each
+    document. One SDPA call with that mask still computes every query × key tile and then throws
+    most away (only a plain causal call, with no mask, skips the upper triangle). Every query
+    in a chunk sees keys from the start of the chunk's first document to the chunk's end, one
+    contiguous range: SDPA over that range with the matching slice of the mask gives the same
+    output, and the work follows the documents instead of the block. A sliding window is cut the
+    same way. This is what varlen flash attention does on a GPU, and flex block masks can't do
+    it here: flex has no CPU backward. Without a mask (plain causal) this is plain SDPA.
+    """
+    seq = query.shape[2]
+    if attention_mask is None or attention_mask.dtype != torch.bool or seq <= QUERY_CHUNK or key.shape[2] != seq:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    mask = attention_mask.expand(query.shape[0], -1, -1, -1)  # [batch, 1, queries, keys]
+    rows = []
+    for b in range(query.shape[0]):
+        chunks = []
+        for q0 in range(0, seq, QUERY_CHUNK):
+            sub = mask[b:b + 1, :, q0:q0 + QUERY_CHUNK]
+            seen = sub.any(dim=2).flatten().nonzero()
+            lo, hi = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, seq)  # nothing seen: as one call
+            out, _ = sdpa_attention_forward(module, query[b:b + 1, :, q0:q0 + QUERY_CHUNK], key[b:b + 1, :, lo:hi],
+                                            value[b:b + 1, :, lo:hi], sub[..., lo:hi], **kwargs)
+            chunks.append(out)  # [1, chunk, heads, head_dim]
+        rows.append(torch.cat(chunks, dim=1))
+    return torch.cat(rows, dim=0), None
+
+
 AttentionInterface.register(SCALED_SDPA, scaled_sdpa_forward)
 AttentionMaskInterface.register(SCALED_SDPA, sdpa_mask)
+AttentionInterface.register(BLOCKSPARSE_SDPA, blocksparse_sdpa_forward)
+AttentionMaskInterface.register(BLOCKSPARSE_SDPA, sdpa_mask)  # a real mask: the ranges are read from it
 
 
 def check_backend(name: str, device: torch.device, training: bool) -> None:

@@ -20,7 +20,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from pipeline.errors import PipelineError
 
-ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "blocksparse_sdpa")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 

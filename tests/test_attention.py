@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
+from pipeline import attention
 from pipeline.attention import attn_implementation_for, check_backend
 from pipeline.config import ModelConfig, PretrainConfig, load_recipe
 from pipeline.corpus import document_positions
@@ -81,13 +82,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def short_query_chunks(monkeypatch):
+    """blocksparse_sdpa only splits sequences longer than a chunk: make chunks shorter than these tests' sequences."""
+    monkeypatch.setattr(attention, "QUERY_CHUNK", 8)
+
+
 @pytest.fixture(scope="module")
 def eager():
     return tiny("eager")
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention", "blocksparse_sdpa"])
 def test_backend_logits_match_eager(eager, attn, batch):
     inputs, keep = BATCHES[batch]
     got, want = logits(tiny(attn), **inputs), logits(eager, **inputs)
@@ -95,16 +102,38 @@ def test_backend_logits_match_eager(eager, attn, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_sdpa_gradients_match_eager(batch):
+@pytest.mark.parametrize("attn", ["sdpa", "blocksparse_sdpa"])
+def test_gradients_match_eager(attn, batch):
     inputs, keep = BATCHES[batch]
     labels = inputs["input_ids"].masked_fill(~keep, -100)
     grads = {}
-    for attn in ("eager", "sdpa"):
-        model = tiny(attn).train()
+    for backend in ("eager", attn):
+        model = tiny(backend).train()
         model(**inputs, labels=labels, use_cache=False).loss.backward()
-        grads[attn] = {name: p.grad for name, p in model.named_parameters()}
+        grads[backend] = {name: p.grad for name, p in model.named_parameters()}
     for name, grad in grads["eager"].items():
-        torch.testing.assert_close(grads["sdpa"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[attn][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_blocksparse_sdpa_gives_each_query_chunk_only_the_keys_of_its_documents(monkeypatch):
+    calls = []
+    sdpa = attention.sdpa_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        calls.append((query.shape[2], key.shape[2]))
+        return sdpa(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    inputs, _ = BATCHES["packed"]
+    logits(tiny("blocksparse_sdpa"), **inputs)
+    # Row 0 holds documents of 10, 6 and 8 tokens (EOS included), row 1 of 5, 13 and 6. Chunks of 8
+    # queries: a chunk sees from the start of its first query's document to its own end.
+    row0 = [(8, 8), (8, 16), (8, 8)]  # [0,8) → [0,8); [8,16) → [0,16); [16,24) → [16,24)
+    row1 = [(8, 8), (8, 11), (8, 19)]  # [0,8) → [0,8); [8,16) → [5,16); [16,24) → [5,24)
+    assert calls == (row0 + row1) * 2  # two layers
+    calls.clear()
+    logits(tiny("blocksparse_sdpa"), **BATCHES["causal"][0])  # no mask at all: one plain causal call per layer
+    assert calls == [(SEQ, SEQ)] * 2
 
 
 def test_flex_attention_has_no_cpu_backward_and_training_with_it_is_refused(tmp_path):
@@ -124,7 +153,8 @@ def test_flex_attention_has_no_cpu_backward_and_training_with_it_is_refused(tmp_
 
 
 @pytest.mark.parametrize("attn,model", [("eager", {}), ("sdpa", {}), ("sdpa", {"attention_scale": 1.0}),
-                                        ("sdpa", {"sliding_window": 4})])
+                                        ("sdpa", {"sliding_window": 4}), ("blocksparse_sdpa", {}),
+                                        ("blocksparse_sdpa", {"sliding_window": 4})])
 def test_document_masking_equals_documents_run_alone(attn, model):
     """Restarting position_ids and no attention_mask: transformers masks across documents itself.
 
@@ -160,7 +190,7 @@ def perturbed(model, ids: torch.Tensor, at: int) -> torch.Tensor:
     return (logits(model, input_ids=ids) - logits(model, input_ids=other)).abs().amax(-1)[0] > 1e-6
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention", "blocksparse_sdpa"])
 def test_sliding_window_limits_what_a_token_sees(attn):
     """Each layer looks back W-1 tokens, so after L layers a token depends on the L·(W-1) before it."""
     window, layers, at = 4, 2, 5
