@@ -48,8 +48,7 @@ def bucket(name: str, shapes: list, vocab: int, tokens: int) -> str:
         return "cross-entropy"
     if "adam" in name.lower():
         return "optimizer"
-    if "Torch-Compiled Region" in name or "CompiledFunction" in name or name.startswith("cpp_fused") \
-            or name.startswith("graph_"):
+    if "CompiledFxGraph" in name or name.startswith("cpp_fused"):  # inductor's kernels; its matmuls are aten ops
         return "compiled kernels (fused elementwise)"
     return "other ops (norms, activations, RoPE, copies)"
 
