@@ -30,7 +30,7 @@ CKPT ?=
 ARGS ?=
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
+.PHONY: install pretrain finetune evaluate probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
 
 install:
 	python3 -m venv .venv
@@ -47,6 +47,9 @@ finetune:
 
 evaluate:
 	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT))
+
+probe:
+	$(PY) -m pipeline probe --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
 
 predict:
 	$(PY) -m pipeline predict --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")

@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="default: runs/finetune/<task> (with init=scratch: <task>-scratch)")
     f.add_argument("overrides", nargs="*", metavar="key=value")
 
+    b = stages.add_parser("probe", help="linear probes on a checkpoint's frozen hidden states, against random init")
+    b.add_argument("--task", required=True)
+    b.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+    b.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml (its train/eval sample and max_length)")
+    b.add_argument("--out", help="default: runs/probe/<task>")
+    b.add_argument("overrides", nargs="*", metavar="key=value")
+
     r = stages.add_parser("predict", help="print a fine-tuned model's prediction with its score")
     r.add_argument("--task", required=True)
     r.add_argument("--ckpt", help="default: runs/finetune/<task>/final")
@@ -98,19 +105,16 @@ def _dispatch(args: argparse.Namespace) -> None:
         cfg = load_recipe(PretrainConfig, args.recipe, args.overrides)
         pretrain.run(cfg, Path(args.out) if args.out else Path("runs/pretrain") / cfg.name)
     elif args.stage == "finetune":
-        from pipeline.checkpoint import newest_final
-        from pipeline.config import FinetuneConfig, load_recipe
         from pipeline.stages import finetune
-        from pipeline.tasks import get_task
 
-        task = get_task(args.task)
-        recipe = args.recipe or Path("recipes/finetune") / f"{task.name}.yaml"
-        if args.recipe is None and not recipe.is_file():
-            recipe = None  # the schema's defaults
-        cfg = load_recipe(FinetuneConfig, recipe, args.overrides)
-        ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+        task, cfg, ckpt = _task_recipe(args)
         suffix = "-scratch" if cfg.init == "scratch" else ""
         finetune.run(task.name, cfg, ckpt, Path(args.out) if args.out else Path("runs/finetune") / f"{task.name}{suffix}")
+    elif args.stage == "probe":
+        from pipeline.stages import probe
+
+        task, cfg, ckpt = _task_recipe(args)
+        probe.run(task.name, cfg, ckpt, Path(args.out) if args.out else Path("runs/probe") / task.name)
     elif args.stage == "evaluate":
         from pipeline.stages import evaluate
 
@@ -123,3 +127,18 @@ def _dispatch(args: argparse.Namespace) -> None:
         from pipeline.stages import generate
 
         generate.run(args.ckpt, args.prompt, args.max_new_tokens, args.temperature, args.seed)
+
+
+def _task_recipe(args: argparse.Namespace):
+    """(task, recipe, checkpoint) of a stage that works on one task from a pretrained checkpoint."""
+    from pipeline.checkpoint import newest_final
+    from pipeline.config import FinetuneConfig, load_recipe
+    from pipeline.tasks import get_task
+
+    task = get_task(args.task)
+    recipe = args.recipe or Path("recipes/finetune") / f"{task.name}.yaml"
+    if args.recipe is None and not recipe.is_file():
+        recipe = None  # the schema's defaults
+    cfg = load_recipe(FinetuneConfig, recipe, args.overrides)
+    ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+    return task, cfg, ckpt
