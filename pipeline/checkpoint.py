@@ -23,21 +23,39 @@ from pipeline.errors import PipelineError
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 
+# What a run writes into its folder. The writers take the names from here and overwrite=true
+# clears exactly this list, so a rerun never keeps a file of the run it replaces.
+FINAL = "final"
+CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD = "tensorboard"  # the tracker's folder: the trainer's init_trackers("tensorboard")
+CONFIG_FILE = "config.yaml"
+CORPUS_FILE = "corpus.json"
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.json"
+RUN_FILES = (FINAL, CHECKPOINTS, METRICS_FILE, TENSORBOARD, CONFIG_FILE, CORPUS_FILE, SAMPLES_FILE, RUN_FILE,
+             EVAL_FILE, PREDICTIONS_FILE)
+
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to silently overwrite a run; clear it only when asked to."""
-    has_run = (out / "final").exists() or (out / "checkpoints").exists()
+    has_run = (out / FINAL).exists() or (out / CHECKPOINTS).exists()
     if has_run and not (resume or overwrite):
         raise PipelineError(
             f"{out} already holds a run: pass resume=true to continue it, overwrite=true to start over, "
             "or --out to write elsewhere"
         )
-    if resume and latest_checkpoint(out) is None and (out / "final").exists():
-        raise PipelineError(f"{out} holds a finished run with no checkpoint to resume: pass overwrite=true to retrain")
+    if resume and (out / FINAL).exists():
+        # Its last checkpoint is its last step: a resume would train nothing and then rewrite the
+        # run's records from an empty evaluation, losing what the run measured.
+        raise PipelineError(f"{out} holds a finished run (final/ exists), so there is nothing to resume: "
+                            "pass overwrite=true to retrain, or --out to write elsewhere")
 
 
 def clear_run_dir(out: Path) -> None:
-    for name in ("final", "checkpoints", "metrics.jsonl", "tensorboard", "eval.json", "samples.txt"):
+    for name in RUN_FILES:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -47,7 +65,7 @@ def clear_run_dir(out: Path) -> None:
 
 def checkpoints(out: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
-    root = out / "checkpoints"
+    root = out / CHECKPOINTS
     found = []
     if root.is_dir():
         for path in root.iterdir():
@@ -64,8 +82,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict, keep: int) -> Path:
     """Save the full training state as checkpoints/step-N, atomically; keep the newest `keep`."""
-    final = out / "checkpoints" / f"step-{step}"
-    tmp = out / "checkpoints" / f".tmp-step-{step}"
+    final = out / CHECKPOINTS / f"step-{step}"
+    tmp = out / CHECKPOINTS / f".tmp-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left over by a kill during an earlier save
         tmp.mkdir(parents=True)
@@ -98,7 +116,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
 
 def truncate_metrics(out: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (a killed run may have gone further)."""
-    path = out / "metrics.jsonl"
+    path = out / METRICS_FILE
     if path.is_file():
         rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in rows))

@@ -17,7 +17,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from pipeline import baselines, corpus, report
-from pipeline.checkpoint import fingerprint, inspect_model_folder, load_causal_lm, load_tokenizer, load_weights, model_kind
+from pipeline.checkpoint import (CONFIG_FILE, EVAL_FILE, FINAL, PREDICTIONS_FILE, fingerprint, inspect_model_folder,
+                                 load_causal_lm, load_tokenizer, load_weights, model_kind)
 from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.lm import evaluate_lm, generate_samples
@@ -35,19 +36,19 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
         raise PipelineError(f"no runs under {runs}/pretrain or {runs}/finetune: run make pretrain first, "
                             "or pass --runs")
     for run_dir in folders:
-        final = run_dir / "final"
+        final = run_dir / FINAL
         if not (final / "config.json").is_file():
             print(f"{run_dir}: not finished (no final/), skipped")
-        elif _read(run_dir / "eval.json").get("evaluation", {}).get("fingerprint") == fingerprint(final):
+        elif _read(run_dir / EVAL_FILE).get("evaluation", {}).get("fingerprint") == fingerprint(final):
             print(f"{run_dir}: eval.json is up to date, skipped")
         else:
             evaluate(final)
     # Baselines for the classification tasks that have been fine-tuned (make all fine-tunes them all).
     tuned = {}  # task → the recipe of its run (the pretrained one if both exist), for its eval sample
     for run_dir in sorted(runs.glob("finetune/*/"), reverse=True):  # "<task>" sorts after "<task>-scratch"
-        task_name = _read(run_dir / "eval.json").get("task")
-        if task_name in TASKS and TASKS[task_name].kind == "classification" and (run_dir / "config.yaml").is_file():
-            tuned[task_name] = load_recipe(FinetuneConfig, run_dir / "config.yaml", [])
+        task_name = _read(run_dir / EVAL_FILE).get("task")
+        if task_name in TASKS and TASKS[task_name].kind == "classification" and (run_dir / CONFIG_FILE).is_file():
+            tuned[task_name] = load_recipe(FinetuneConfig, run_dir / CONFIG_FILE, [])
     for name, cfg in sorted(tuned.items()):
         baselines.run(name, runs / "baselines", cfg.max_eval_samples, cfg.seed)
     print(f"wrote {report.write(runs, report_dir)}")
@@ -58,11 +59,11 @@ def evaluate(folder: Path) -> dict:
     config = inspect_model_folder(folder)  # not a checkpoint: PipelineError, exit 2
     kind = model_kind(config)
     run_dir = folder.parent
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise PipelineError(f"{run_dir}/config.yaml is missing, so {folder} cannot be evaluated on its run's data: "
                             "pass a final/ folder written by make pretrain or make finetune")
     started = time.time()
-    record = _read(run_dir / "eval.json")
+    record = _read(run_dir / EVAL_FILE)
     if kind == "causal_lm":
         record.setdefault("kind", "pretrain")
         evaluation = _evaluate_lm(folder, run_dir)
@@ -70,15 +71,15 @@ def evaluate(folder: Path) -> dict:
         evaluation = _evaluate_task(folder, run_dir, config, kind, record)
     record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
                             **evaluation, "seconds": time.time() - started}
-    _write(run_dir / "eval.json", record)
+    _write(run_dir / EVAL_FILE, record)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["metrics"].items() if isinstance(v, float))
-    print(f"{run_dir}: {shown} → {run_dir / 'eval.json'}")
+    print(f"{run_dir}: {shown} → {run_dir / EVAL_FILE}")
     return record
 
 
 def _evaluate_lm(folder: Path, run_dir: Path) -> dict:
     """Validation loss, perplexity and bits-per-byte on the run's own packed validation blocks."""
-    cfg = load_recipe(PretrainConfig, run_dir / "config.yaml", [])
+    cfg = load_recipe(PretrainConfig, run_dir / CONFIG_FILE, [])
     model, tokenizer = load_causal_lm(folder)
     data = corpus.build(cfg)  # cached by the run that trained the model, else rebuilt the same way
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -100,7 +101,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
     if kind != task.model_kind:
         raise PipelineError(f"{folder} is a {kind} checkpoint, but {run_dir}/eval.json names task {task.name}: "
                             "fine-tune it again with overwrite=true")
-    cfg = load_recipe(FinetuneConfig, run_dir / "config.yaml", [])
+    cfg = load_recipe(FinetuneConfig, run_dir / CONFIG_FILE, [])
     hub_id, split, rows = task.load(cfg, "eval")
     labels = task.label_names(rows, hub_id, split)
     if kind == "classifier" and [config.id2label[i] for i in range(config.num_labels)] != labels:
@@ -115,7 +116,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
     acc = _accelerator()
     metrics, extras = task.evaluate(model.to(acc.device), rows, features, acc, cfg, tokenizer, labels)
     if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-        _write(run_dir / "predictions.json", extras["predictions"])
+        _write(run_dir / PREDICTIONS_FILE, extras["predictions"])
     return {"dataset": hub_id, "split": split, **info, "metrics": metrics}
 
 

@@ -34,12 +34,12 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
               f"embeddings), {flops / 1e6:.1f} MFLOPs per training token; "
               f"{len(data.train):,} train blocks × {cfg.seq_len} tokens")
 
-    def show_samples(unwrapped, step: int) -> None:
+    def show_samples(unwrapped, step: int, metrics: dict) -> None:
         if not acc.is_main_process:
             return
         texts = generate_samples(unwrapped, data.tokenizer, SAMPLE_PROMPTS[: cfg.num_samples], cfg.sample_tokens,
                                  seed=cfg.seed)
-        with open(out / "samples.jsonl", "a") as f:
+        with open(out / checkpoint.SAMPLES_FILE, "a") as f:
             for prompt, text in zip(SAMPLE_PROMPTS, texts):
                 f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
                 acc.print(f"  sample: {text!r}")
@@ -50,10 +50,10 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         evaluate=partial(evaluate_lm, blocks=data.eval, accelerator=acc, tokenizer=data.tokenizer,
                          micro_batch_size=cfg.micro_batch_size, doc_masking=cfg.doc_masking),
         out=out, on_evaluate=show_samples if cfg.num_samples else None,
-        run_files={"config.yaml": to_yaml(cfg), "corpus.json": json.dumps(data.stats, indent=2)},
+        run_files={checkpoint.CONFIG_FILE: to_yaml(cfg), checkpoint.CORPUS_FILE: json.dumps(data.stats, indent=2)},
     )
     state = trainer.fit()
-    checkpoint.save_final(acc, trainer.model, data.tokenizer, out / "final")
+    checkpoint.save_final(acc, trainer.model, data.tokenizer, out / checkpoint.FINAL)
 
     summary = {
         "kind": "pretrain", "recipe": cfg.name, "parameters": counts["total"],
@@ -63,7 +63,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         "eval": trainer.last_eval,
     }
     if acc.is_main_process:
-        (out / "run.json").write_text(json.dumps(summary, indent=2))
-        acc.print(f"saved {out / 'final'}; validation loss {trainer.last_eval.get('loss', float('nan')):.4f}, "
+        (out / checkpoint.RUN_FILE).write_text(json.dumps(summary, indent=2))
+        acc.print(f"saved {out / checkpoint.FINAL}; validation loss {trainer.last_eval.get('loss', float('nan')):.4f}, "
                   f"bits/byte {trainer.last_eval.get('bits_per_byte', float('nan')):.4f}")
     return summary
