@@ -50,16 +50,34 @@ def load_splits(hub_id: str, config: str | None = None) -> datasets.DatasetDict:
             reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
             raise PipelineError(f"cannot read the local copy of {hub_id} in {folder} ({type(cause).__name__}: "
                                 f"{reason}): its files must be UTF-8 text, CSV, JSON or Parquet") from None
+    where = os.environ.get(DATA_DIR_ENV)
+    # With a mirror configured, an unreachable hub is the usual case, not a hiccup: huggingface_hub
+    # would retry each request for ~25 s before failing. Ask once, and fail at once.
+    reason = _hub_unreachable() if where else None
+    if reason is None:
+        try:
+            return datasets.load_dataset(hub_id, config)
+        except Exception as e:  # the hub raises many types: offline, not found, gated, bad config
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    mirror = f"{where}/{hub_id}/ does not exist" if where else f"{DATA_DIR_ENV} is not set"
+    raise PipelineError(
+        f"dataset {hub_id} not found: {mirror} and the hub failed ({reason[:160]}); "
+        f"set {DATA_DIR_ENV} to a folder holding {hub_id}/ (make DATA_DIR=...) or give hub access"
+    )
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (offline mode, or one request that got no answer); None if it answers."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if datasets.config.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or HF_DATASETS_OFFLINE
+        return "offline mode is on: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set"
     try:
-        return datasets.load_dataset(hub_id, config)
-    except Exception as e:  # the hub raises many types: offline, not found, gated, bad config
-        where = os.environ.get(DATA_DIR_ENV)
-        mirror = f"{where}/{hub_id}/ does not exist" if where else f"{DATA_DIR_ENV} is not set"
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PipelineError(
-            f"dataset {hub_id} not found: {mirror} and the hub failed ({reason[:160]}); "
-            f"set {DATA_DIR_ENV} to a folder holding {hub_id}/ (make DATA_DIR=...) or give hub access"
-        ) from None
+        get_session().head(constants.ENDPOINT, timeout=10)  # any HTTP answer, even an error, means reachable
+    except Exception as e:  # the transport's own types (refused, DNS, timeout, TLS)
+        return f"{constants.ENDPOINT} unreachable: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
+    return None
 
 
 def require_columns(ds: datasets.Dataset, columns: list[str], hub_id: str, split: str) -> None:
