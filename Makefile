@@ -6,8 +6,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 
 # Local dataset mirror (<owner>/<name>/ folders); the hub is tried for anything not there.
-DATA_DIR ?= $(abspath ../shared/data)
-export PIPELINE_DATA_DIR := $(DATA_DIR)
+# `make DATA_DIR=...` wins, then an exported PIPELINE_DATA_DIR (what the CLI itself reads),
+# then an exported DATA_DIR, then ../shared/data.
+ifneq ($(origin DATA_DIR),command line)
+  DATA_DIR := $(or $(PIPELINE_DATA_DIR),$(DATA_DIR),../shared/data)
+endif
+export PIPELINE_DATA_DIR := $(abspath $(DATA_DIR))
 export TOKENIZERS_PARALLELISM := false
 
 NPROC ?= 1
@@ -28,9 +32,11 @@ RECIPE ?=
 OUT ?=
 CKPT ?=
 ARGS ?=
+# Where `make evaluate` and `make all` write the scoreboard; the committed reports/ is `make report-results`.
+REPORT ?= runs/reports
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
+.PHONY: install pretrain finetune evaluate report-results probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
 
 install:
 	python3 -m venv .venv
@@ -46,7 +52,11 @@ finetune:
 	$(LAUNCH) pipeline finetune --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--recipe,$(RECIPE)) $(call opt,--out,$(OUT)) $(ARGS)
 
 evaluate:
-	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT))
+	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT)) --report $(REPORT)
+
+# The committed results: the scoreboard and plots under reports/, from the runs under runs/.
+report-results:
+	$(PY) -m pipeline evaluate --report reports
 
 probe:
 	$(PY) -m pipeline probe --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
@@ -71,7 +81,7 @@ all:
 	  stage runs/finetune/$$task-scratch finetune --task $$task --ckpt $$ckpt/final \
 	    --out runs/finetune/$$task-scratch init=scratch; \
 	done
-	$(PY) -m pipeline evaluate
+	$(PY) -m pipeline evaluate --report $(REPORT)
 
 test:
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
