@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -35,8 +36,10 @@ SAMPLES_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
 EVAL_FILE = "eval.json"
 PREDICTIONS_FILE = "predictions.json"
+ADAPT_DIR = "adapt"  # fine-tuning: the body after task-adaptive LM training (pipeline/adapt.py)
+BEST_DIR = "best"  # fine-tuning: the best weights so far on the dev split (pipeline/early_stopping.py)
 RUN_FILES = (FINAL, CHECKPOINTS, METRICS_FILE, TENSORBOARD, CONFIG_FILE, CORPUS_FILE, SAMPLES_FILE, RUN_FILE,
-             EVAL_FILE, PREDICTIONS_FILE)
+             EVAL_FILE, PREDICTIONS_FILE, ADAPT_DIR, BEST_DIR)
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -88,7 +91,11 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
         shutil.rmtree(tmp, ignore_errors=True)  # left over by a kill during an earlier save
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    handle = accelerator.register_save_state_pre_hook(partial(_drop_tied_copies, accelerator))
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        handle.remove()
     accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -98,6 +105,19 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _drop_tied_copies(accelerator: Accelerator, models: list, weights: list[dict], output_dir: str) -> None:
+    """Leave tied weights (lm_head.weight is the input embedding) out of the saved model state.
+
+    safetensors cannot store one tensor under two names, so accelerate drops the second name
+    itself, with a warning at every checkpoint. Dropping the declared tie here saves the same file
+    (save_pretrained does the same), loads the same way, and keeps that warning for a real surprise.
+    """
+    for model, state in zip(models, weights):
+        tied = getattr(accelerator.unwrap_model(model), "all_tied_weights_keys", {})  # {target: source}
+        for name in [n for n in state if n.removeprefix("module.") in tied]:  # DDP's state dict says module.
+            del state[name]
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:

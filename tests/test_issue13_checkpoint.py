@@ -1,0 +1,45 @@
+"""Checkpoints of a model with tied embeddings: saved without accelerate's shared-tensor warning, restored whole."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+def _tied_lm(seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def test_tied_weights_save_quietly_and_restore(tmp_path, caplog):
+    acc = Accelerator(cpu=True)
+    model = acc.prepare(_tied_lm(0))
+    with caplog.at_level(logging.WARNING):
+        path = save_checkpoint(acc, tmp_path, 1, {"step": 1}, keep=1)
+    assert not [r for r in caplog.records if "shared tensor" in r.getMessage()], caplog.text
+    assert "lm_head.weight" not in load_file(path / "model.safetensors")  # stored once, as the embedding
+
+    restored = acc.prepare(_tied_lm(1))
+    acc._models = [restored]  # load_state fills the models accelerate knows, in order
+    assert load_checkpoint(acc, path) == {"step": 1}
+    for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert restored.lm_head.weight is restored.model.embed_tokens.weight
