@@ -31,7 +31,9 @@ class TrainConfig:
     name: str = ""  # the recipe's name; defaults to the YAML file's stem
     max_steps: int = 100  # optimizer steps; -1 derives them from num_train_epochs
     num_train_epochs: float = 1.0
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-4  # the body's (top layer's) peak rate
+    head_learning_rate: Optional[float] = None  # a new task head's peak rate; null = learning_rate
+    layer_lr_decay: float = 1.0  # each body layer trains at this times the rate of the one above it
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -53,6 +55,7 @@ class TrainConfig:
     compile: bool = False
     attn_implementation: str = "sdpa"
     num_workers: int = 0  # DataLoader worker processes
+    group_by_length: bool = False  # batch examples of similar length together (less padding)
 
     def validate(self) -> None:
         positive = ("learning_rate", "global_batch_size", "micro_batch_size", "logging_steps",
@@ -60,6 +63,10 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 _bad(key, getattr(self, key), "must be > 0")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            _bad("head_learning_rate", self.head_learning_rate, "must be > 0, or null for learning_rate")
+        if not 0 < self.layer_lr_decay <= 1:
+            _bad("layer_lr_decay", self.layer_lr_decay, "must be in (0, 1]: 1 trains every layer at learning_rate")
         for key in ("warmup_steps", "weight_decay", "max_grad_norm", "num_workers"):
             if getattr(self, key) < 0:
                 _bad(key, getattr(self, key), "must be >= 0")
@@ -185,10 +192,37 @@ class FinetuneConfig(TrainConfig):
     eval_split: str = ""  # override the task's evaluation split
     n_best: int = 20
     max_answer_length: int = 30
+    group_by_length: bool = True
+    pooling: str = "last"  # classification: the last token's state, or the mean over the text (pipeline/pooling.py)
+    # Early stopping: a seeded share of the training sample becomes the dev split; it is evaluated every
+    # eval_steps, training stops after `early_stopping_patience` evaluations without a better score, and
+    # the best weights are kept. The eval split is only read once, at the end. 0 = off.
+    dev_fraction: float = 0.0
+    early_stopping_patience: int = 0
+    # Task-adaptive LM training (ULMFiT stage 2): causal-LM steps on the task's training texts, labels
+    # unused, before the head is trained. 0 = off; only with init=pretrained.
+    adapt_steps: int = 0
+    adapt_learning_rate: float = 5e-4
+    adapt_seq_len: int = 256
 
     def validate(self) -> None:
         super().validate()
         _choice("init", self.init, ("pretrained", "scratch"))
+        _choice("pooling", self.pooling, ("last", "mean"))
+        if not 0 <= self.dev_fraction < 1:
+            _bad("dev_fraction", self.dev_fraction, "must be in [0, 1): the share of the training sample held out")
+        if self.early_stopping_patience < 0:
+            _bad("early_stopping_patience", self.early_stopping_patience, "must be >= 0 (0 = off)")
+        if self.early_stopping_patience and not self.dev_fraction:
+            _bad("early_stopping_patience", self.early_stopping_patience,
+                 "needs a dev split to watch: set dev_fraction (e.g. 0.1), never the eval split")
+        for key in ("adapt_steps",):
+            if getattr(self, key) < 0:
+                _bad(key, getattr(self, key), "must be >= 0 (0 = off)")
+        if not self.adapt_learning_rate > 0:
+            _bad("adapt_learning_rate", self.adapt_learning_rate, "must be > 0")
+        if self.adapt_seq_len < 8:
+            _bad("adapt_seq_len", self.adapt_seq_len, "must be >= 8")
         if self.max_length < 8:
             _bad("max_length", self.max_length, "must be >= 8")
         if self.doc_stride <= 0:  # QA also checks it against the room each question leaves

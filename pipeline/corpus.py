@@ -120,7 +120,7 @@ def _build_into(folder: Path, cfg: PretrainConfig, sources: list[CorpusSource], 
 
     stats = {"seq_len": cfg.seq_len, "vocab_size": len(tokenizer)}
     for split, docs in (("train", train_docs), ("eval", eval_docs)):
-        stream = _tokenize(docs, tokenizer)
+        stream = token_stream(docs, tokenizer)
         blocks, leftover = pack(stream, cfg.seq_len)
         blocks.astype(np.uint32).tofile(tmp / f"{split}.bin")
         stats[split] = {"documents": len(docs), "tokens": int(len(stream)), "blocks": int(len(blocks)),
@@ -169,7 +169,7 @@ def _clean(ds: datasets.Dataset, src: CorpusSource, split: str, limit: int | Non
     return ds
 
 
-def _tokenize(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+def token_stream(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
     """One stream of token ids: every document as <bos> text <eos>."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 

@@ -21,11 +21,11 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from pipeline import checkpoint
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
+from pipeline.optim import build_optimizer, build_scheduler
 
 
 class TrainingInterrupted(Exception):
@@ -67,27 +67,44 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
 
 
 def epoch_batches(n: int, micro_batch: int, num_processes: int, rank: int, seed: int, epoch: int,
-                  shuffle: bool = True) -> list[list[int]]:
+                  shuffle: bool = True, lengths=None) -> list[list[int]]:
     """This process's micro-batches for one epoch.
 
     Each global group of `micro_batch × num_processes` shuffled indices is split between the
     processes, so shards never overlap; the incomplete last group is dropped so that every
-    process takes the same number of steps.
+    process takes the same number of steps. With `lengths`, groups are made of examples of
+    similar length (little padding): the shuffled order is cut into windows of GROUPING_WINDOW
+    groups, each window is sorted by length and cut into groups, and the groups are shuffled again.
     """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)) if shuffle else torch.arange(n)
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     group = micro_batch * num_processes
-    starts = range(0, (n // group) * group, group)
-    return [order[s + rank * micro_batch: s + (rank + 1) * micro_batch].tolist() for s in starts]
+    usable = (n // group) * group
+    order = order[:usable]
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths)
+        window = group * GROUPING_WINDOW
+        order = torch.cat([chunk[torch.argsort(lengths[chunk], stable=True)] for chunk in order.split(window)])
+        groups = order.view(-1, group)
+        order = groups[torch.randperm(len(groups), generator=generator)].flatten()
+    return [order[s + rank * micro_batch: s + (rank + 1) * micro_batch].tolist() for s in range(0, usable, group)]
+
+
+GROUPING_WINDOW = 50  # groups sorted together by length: wide enough to pad little, narrow enough to stay random
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, model, train_data, collate: Callable,
                  evaluate: Callable[[torch.nn.Module], dict], out: Path,
-                 on_evaluate: Callable[[torch.nn.Module, int], None] | None = None,
-                 run_files: dict[str, str] | None = None):
+                 on_evaluate: Callable[[torch.nn.Module, int, dict], bool | None] | None = None,
+                 run_files: dict[str, str] | None = None, eval_split: str = "eval"):
         self.cfg, self.acc, self.out = cfg, accelerator, out
         self.train_data, self.collate = train_data, collate
-        self.evaluate_fn, self.on_evaluate = evaluate, on_evaluate
+        self.evaluate_fn, self.on_evaluate = evaluate, on_evaluate  # on_evaluate returns True to stop early
+        self.eval_split = eval_split  # how evaluations are labelled in metrics.jsonl ("dev" for early stopping)
+        # Group examples of similar length into batches (variable-length examples only).
+        self.lengths = [len(x) for x in train_data["input_ids"]] \
+            if cfg.group_by_length and "input_ids" in getattr(train_data, "column_names", ()) else None
         self.run_files = run_files or {}  # written once the run has really started (e.g. config.yaml)
         self.accum = cfg.gradient_accumulation_steps(accelerator.num_processes)
         self.batches_per_epoch = len(train_data) // (cfg.micro_batch_size * accelerator.num_processes)
@@ -102,6 +119,7 @@ class Trainer:
         self.model = model
         self.last_eval: dict = {}
         self._stop_signal: int | None = None
+        self._stop_early = False
 
     # ---- data -------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
@@ -109,7 +127,7 @@ class Trainer:
         acc, cfg = self.acc, self.cfg
         while True:
             plan = epoch_batches(len(self.train_data), cfg.micro_batch_size, acc.num_processes,
-                                 acc.process_index, cfg.seed, self.state.epoch)
+                                 acc.process_index, cfg.seed, self.state.epoch, lengths=self.lengths)
             loader = DataLoader(self.train_data, batch_sampler=plan[self.state.batch_in_epoch:],
                                 collate_fn=self.collate, num_workers=cfg.num_workers,
                                 pin_memory=acc.device.type == "cuda")
@@ -123,29 +141,18 @@ class Trainer:
     def fit(self) -> TrainState:
         cfg, acc = self.cfg, self.acc
         set_seed(cfg.seed)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # norms and biases
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            fused=True,  # one kernel for the whole update, on CPU as on GPU
-        )
+        optimizer = build_optimizer(self.model, cfg)
         model, optimizer = acc.prepare(self.model, optimizer)
-        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=self.max_steps)
         if cfg.compile:
             model = torch.compile(model)
 
         resume_from = checkpoint.latest_checkpoint(self.out) if cfg.resume else None
         if resume_from is not None:
             self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from))
-            # The schedule is a pure function of the step: replaying it restores it without
-            # unpickling anything (accelerate would pickle a registered scheduler).
-            for _ in range(self.state.step):
-                scheduler.step()
             if acc.is_main_process:
                 checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
+        scheduler = build_scheduler(optimizer, cfg, self.max_steps, self.state.step)
         if acc.is_main_process:  # only now, after a resume loaded cleanly, is the output folder touched
             self.out.mkdir(parents=True, exist_ok=True)
             for name, text in self.run_files.items():
@@ -162,7 +169,7 @@ class Trainer:
         tokens = torch.zeros((), device=acc.device, dtype=torch.long)
         window_start, window_steps = time.perf_counter(), 0
 
-        while self.state.step < self.max_steps:
+        while self.state.step < self.max_steps and not self._stop_early:
             t0 = time.perf_counter()
             for _ in range(self.accum):
                 batch = next(batches)
@@ -196,6 +203,8 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             if step % cfg.eval_steps == 0 or step == self.max_steps:
                 self.run_evaluation(model)
+            if self._stop_early:
+                acc.print(f"stopped early at step {step}")
             stop = self._should_stop()
             if stop or step % cfg.save_steps == 0 or step == self.max_steps:
                 # Never write a checkpoint from a broken state: check the loss since the last log.
@@ -219,9 +228,9 @@ class Trainer:
     def run_evaluation(self, model) -> dict:
         metrics = self.evaluate_fn(model)
         self.last_eval = metrics
-        self.log(metrics, "eval")
+        self.log(metrics, self.eval_split)
         if self.on_evaluate is not None:
-            self.on_evaluate(self.acc.unwrap_model(model), self.state.step)
+            self._stop_early = bool(self.on_evaluate(self.acc.unwrap_model(model), self.state.step, metrics))
         self.acc.wait_for_everyone()
         return metrics
 
@@ -234,9 +243,9 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         scalars = {f"{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.acc.log(scalars, step=self.state.step)
-        if split == "eval":
+        if split != "train":
             shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float))
-            tqdm.write(f"step {self.state.step}: {shown}")
+            tqdm.write(f"step {self.state.step} {split}: {shown}")
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):

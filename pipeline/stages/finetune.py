@@ -1,4 +1,9 @@
-"""Fine-tune a task head from a pretrained checkpoint (or from scratch, as the control)."""
+"""Fine-tune a task head from a pretrained checkpoint (or from scratch, as the control).
+
+Optional steps, each a recipe key: task-adaptive LM training of the body on the task's texts
+(`adapt_steps`), a mean-pooling layer under the head (`pooling: mean`), and early stopping on a
+dev split carved out of the training sample (`dev_fraction`, `early_stopping_patience`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,12 @@ import json
 from pathlib import Path
 
 from pipeline import checkpoint
+from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
+from pipeline.early_stopping import EarlyStopping, split_dev
 from pipeline.heads import load_head
+from pipeline.pooling import add_mean_pooling_layer
 from pipeline.tasks import get_task
 from pipeline.trainer import Trainer, make_accelerator
 
@@ -23,48 +31,79 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     _, eval_split, eval_rows = task.load(cfg, "eval")
     labels = task.label_names(train_rows, hub_id, train_split)
     task.label_names(eval_rows, hub_id, eval_split)  # same columns in both splits
-    model, tokenizer = load_head(ckpt, task.head, cfg.init, cfg.seed, cfg.attn_implementation,
-                                 **task.head_config(labels))
-    with acc.main_process_first():
-        train_features, train_info = task.preprocess(train_rows, tokenizer, cfg, hub_id, train_split, labels, True)
-        eval_features, eval_info = task.preprocess(eval_rows, tokenizer, cfg, hub_id, eval_split, labels, False)
-    for split, info in ((train_split, train_info), (eval_split, eval_info)):
-        if info.get("truncated"):
-            acc.print(f"{split}: {info['truncated']:,} of {info['examples']:,} texts were longer than "
-                      f"max_length={cfg.max_length} and were truncated")
+    dev_rows = None
+    if cfg.dev_fraction:  # early stopping watches this seeded slice of train, never the eval split
+        train_rows, dev_rows = split_dev(train_rows, cfg.dev_fraction, cfg.seed)
+    checkpoint.inspect_model_folder(ckpt)  # a bad --ckpt fails here, before anything is written
 
     # All input is validated; from here on the output folder may be written.
     if acc.is_main_process and cfg.overwrite:
         checkpoint.clear_run_dir(out)
-    acc.print(f"{task.name}: {train_info['examples']:,} train examples ({train_split}), "
-              f"{eval_info['examples']:,} eval examples ({eval_split}), init={cfg.init} from {ckpt}")
+    body = ckpt
+    if cfg.adapt_steps and cfg.init == "pretrained":
+        with acc.main_process_first():
+            body = adapt_body(task.unlabelled_texts(train_rows), cfg, ckpt, out / checkpoint.ADAPT_DIR,
+                              log=acc.print)
+    model, tokenizer = load_head(body, task.head, cfg.init, cfg.seed, cfg.attn_implementation,
+                                 **task.head_config(labels))
+    if cfg.pooling == "mean":
+        add_mean_pooling_layer(model)
+    with acc.main_process_first():
+        train_features, train_info = task.preprocess(train_rows, tokenizer, cfg, hub_id, train_split, labels, True)
+        eval_features, eval_info = task.preprocess(eval_rows, tokenizer, cfg, hub_id, eval_split, labels, False)
+        if dev_rows is not None:
+            dev_features, _ = task.preprocess(dev_rows, tokenizer, cfg, hub_id, train_split, labels, False)
+    for split, info in ((train_split, train_info), (eval_split, eval_info)):
+        if info.get("truncated"):
+            acc.print(f"{split}: {info['truncated']:,} of {info['examples']:,} texts were longer than "
+                      f"max_length={cfg.max_length} and were truncated")
+    dev_note = f" (+{len(dev_rows):,} held out as the dev split)" if dev_rows is not None else ""
+    acc.print(f"{task.name}: {train_info['examples']:,} train examples ({train_split}){dev_note}, "
+              f"{eval_info['examples']:,} eval examples ({eval_split}), init={cfg.init} from {body}")
 
     extras: dict = {}
 
-    def evaluate(model) -> dict:
-        metrics, found = task.evaluate(model, eval_rows, eval_features, acc, cfg, tokenizer, labels)
+    def evaluate(model, rows=eval_rows, features=eval_features) -> dict:
+        metrics, found = task.evaluate(model, rows, features, acc, cfg, tokenizer, labels)
         extras.update(found)
         return metrics
 
-    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), evaluate, out,
-                      run_files={"config.yaml": to_yaml(cfg)})
+    stopper = None
+    if dev_rows is not None:
+        watch = (lambda m: evaluate(m, dev_rows, dev_features))
+        if cfg.early_stopping_patience:
+            stopper = EarlyStopping(out / checkpoint.BEST_DIR, task.headline, cfg.early_stopping_patience, acc.is_main_process)
+    else:
+        watch = evaluate
+    trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), watch, out, on_evaluate=stopper,
+                      run_files={"config.yaml": to_yaml(cfg)}, eval_split="dev" if dev_rows is not None else "eval")
     state = trainer.fit()
+    best_step = None
+    if stopper is not None:
+        acc.wait_for_everyone()
+        best_step = stopper.restore_best(trainer.model)
+        acc.print(f"kept the weights of step {best_step} (best dev {task.headline} {stopper.state['best']:.4f})")
+    metrics = trainer.last_eval
+    if dev_rows is not None:  # the eval split is read once, now, by the weights that are kept
+        metrics = evaluate(trainer.model)
+        trainer.log(metrics, "eval")
     checkpoint.save_final(acc, trainer.model, tokenizer, out / "final")
 
     report = {
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
-        "metrics": trainer.last_eval, "steps": state.step, "train_seconds": state.train_seconds,
+        "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
+        "metrics": metrics, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds,
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
         "evaluation": {"model": str(out / "final"), "model_kind": task.model_kind,
                        "fingerprint": checkpoint.fingerprint(out / "final"), "dataset": hub_id, "split": eval_split,
-                       **eval_info, "metrics": trainer.last_eval, "precision": cfg.mixed_precision},
+                       **eval_info, "metrics": metrics, "precision": cfg.mixed_precision},
     }
     if acc.is_main_process:
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         if "predictions" in extras:  # official SQuAD format: {question id: answer text}
             (out / "predictions.json").write_text(json.dumps(extras["predictions"], indent=1))
-        shown = {k: round(v, 4) for k, v in trainer.last_eval.items() if isinstance(v, float)}
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         acc.print(f"saved {out / 'final'}; {eval_split}: {shown}")
     return report

@@ -19,7 +19,7 @@ TASKS = {
     "emotion": Classification("emotion", "dair-ai/emotion", metrics=("accuracy", "f1")),
     # SQuAD v1.1 train is not mirrored here: train on the official dev set split by article.
     # With hub access: dataset=rajpurkar/squad eval_split=validation (see README).
-    "squad": ExtractiveQA("squad", "local/squad_v1.1_dev_split", eval_split="validation"),
+    "squad": ExtractiveQA("squad", "local/squad_v1.1_dev_split", eval_split="validation", text_column="context"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import datasets
 
@@ -18,6 +19,12 @@ class Task:
     eval_split: str = "test"
     dataset_config: str | None = None
     metrics: tuple[str, ...] = ("accuracy",)
+    text_column: str = "text"  # the input text (QA: the context), what task-adaptive LM training reads
+    headline: ClassVar[str] = "accuracy"  # the metric early stopping and the scoreboard rank by
+
+    def unlabelled_texts(self, rows: datasets.Dataset) -> list[str]:
+        """The distinct input texts of `rows`, labels dropped: all that task-adaptive LM training sees."""
+        return list(dict.fromkeys(rows[self.text_column]))
 
     def load(self, cfg: FinetuneConfig, which: str) -> tuple[str, str, datasets.Dataset]:
         """(hub id, split name, rows) of the train or eval split, honouring recipe overrides."""

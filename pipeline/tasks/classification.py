@@ -23,7 +23,6 @@ from pipeline.tasks.base import Task
 
 @dataclass(frozen=True)
 class Classification(Task):
-    text_column: str = "text"
     label_column: str = "label"
     kind = "classification"
     model_kind = "classifier"  # what checkpoint.model_kind calls a saved model of this family

@@ -1,0 +1,59 @@
+"""Mean pooling for a decoder's classification head, in weights that plain transformers can load.
+
+A decoder's sequence-classification head reads the last token. A pretrained causal LM tunes that
+token's state to predict the next word from the last few, so a classifier must first re-learn
+attention before it can use the whole text; a random-init model, whose attention is near uniform,
+gets an average of the text for free. `pooling: mean` gives the pretrained body the same start:
+
+one more decoder layer on top of the checkpoint's, with its query and key projections set to zero.
+Every attention score is then 0, the softmax is uniform over the tokens a position may see, and the
+last token receives the mean of the (normed, projected) states of the whole text. Zero queries and
+keys also get zero gradients (each one's gradient is proportional to the other), so the layer stays
+an exact mean while its value/output projections and MLP train. The saved model is an ordinary
+Llama/Mistral/Qwen2 with one more layer: `pipeline("text-classification", model=...)` still loads it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import PipelineError
+
+POOLINGS = ("last", "mean")
+
+
+def add_mean_pooling_layer(model) -> None:
+    """Append the mean-pooling layer to `model`'s body (in place) and record it in its config."""
+    body, config = model.base_model, model.config
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        raise PipelineError(f"pooling=mean needs a Llama-style body with .layers; {type(body).__name__} has none: "
+                            "use pooling=last")
+    index = len(layers)
+    config.num_hidden_layers = index + 1
+    if getattr(config, "layer_types", None) is not None:  # Qwen2/Mistral-style per-layer attention kinds
+        config.layer_types = [*config.layer_types[:index], "full_attention"]
+    layer = type(layers[-1])(config, layer_idx=index)
+    _init_as_mean(layer, config)
+    layers.append(layer.to(next(body.parameters()).dtype))
+
+
+@torch.no_grad()
+def _init_as_mean(layer, config) -> None:
+    attn, mlp = layer.self_attn, layer.mlp
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = attn.head_dim
+    for proj in (attn.q_proj, attn.k_proj):
+        proj.weight.zero_()
+        if proj.bias is not None:
+            proj.bias.zero_()
+    # Values: orthonormal rows, so the kv heads together keep a kv_heads × head_dim slice of the
+    # mean intact. Output: each query head writes its kv head's slice back into the residual stream,
+    # shared among the heads that read it, so the layer adds the projected mean, unscaled.
+    torch.nn.init.orthogonal_(attn.v_proj.weight)
+    if attn.v_proj.bias is not None:
+        attn.v_proj.bias.zero_()
+    v = attn.v_proj.weight.view(kv_heads, head_dim, -1)
+    group = heads // kv_heads
+    attn.o_proj.weight.copy_(torch.cat([v[h // group].T for h in range(heads)], dim=1) / group)
+    mlp.down_proj.weight.zero_()  # the MLP starts as a no-op and learns from there

@@ -1,0 +1,160 @@
+"""The transfer levers of fine-tuning: discriminative learning rates, length-grouped batches, mean
+pooling, early stopping on a dev split carved out of train, task-adaptive LM training without labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from conftest import FINETUNE_TINY
+from pipeline.cli import main
+from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.heads import load_head
+from pipeline.optim import build_optimizer
+from pipeline.pooling import add_mean_pooling_layer
+from pipeline.stages import finetune
+from pipeline.tasks import TASKS
+from pipeline.trainer import epoch_batches
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+def recipe(*overrides: str) -> FinetuneConfig:
+    return load_recipe(FinetuneConfig, FINETUNE_TINY, list(overrides))
+
+
+def test_discriminative_learning_rates(tiny_pretrain):
+    cfg = recipe("learning_rate=1e-4", "head_learning_rate=1e-3", "layer_lr_decay=0.5", "weight_decay=0.1")
+    model, _ = load_head(tiny_pretrain / "final", TASKS["sst2"].head, "pretrained", 0, "sdpa", num_labels=2)
+    groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups if g["weight_decay"] > 0}
+    n_layers = model.config.num_hidden_layers
+    assert groups["head"]["lr"] == pytest.approx(1e-3)
+    assert groups["head"]["params"] == [model.score.weight]
+    # Layer i sits at depth i + 1 and the final norm (no decayed weights) above the last layer.
+    for i in range(n_layers):
+        assert groups[f"depth-{i + 1}"]["lr"] == pytest.approx(1e-4 * 0.5 ** (n_layers - i))
+    assert groups["depth-0"]["lr"] == pytest.approx(1e-4 * 0.5 ** (n_layers + 1))  # the embeddings
+    everything = [p for g in build_optimizer(model, cfg).param_groups for p in g["params"]]
+    assert len(everything) == len(list(model.parameters()))  # each parameter in exactly one group
+    assert all(p.ndim < 2 for g in build_optimizer(model, cfg).param_groups if g["weight_decay"] == 0
+               for p in g["params"])  # norms are never decayed
+
+
+def test_length_grouped_batches_cover_each_example_once_with_less_padding():
+    lengths = torch.randint(3, 200, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    grouped = [epoch_batches(1000, 8, 2, rank, seed=1, epoch=0, lengths=lengths) for rank in range(2)]
+    plain = epoch_batches(1000, 8, 1, 0, seed=1, epoch=0)
+    flat = [i for shard in grouped for batch in shard for i in batch]
+    assert len(flat) == len(set(flat)) == 992  # no overlap between processes; the last partial group dropped
+    assert len(grouped[0]) == len(grouped[1])  # every process takes the same number of steps
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(grouped[0]) + padding(grouped[1]) < padding(plain) / 4
+    assert grouped[0] != epoch_batches(1000, 8, 2, 0, seed=1, epoch=1, lengths=lengths)  # reshuffled per epoch
+
+
+def test_mean_pooling_layer_gives_the_last_token_the_mean_of_the_text():
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=3, num_key_value_heads=1, pad_token_id=0, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    add_mean_pooling_layer(model)
+    assert model.config.num_hidden_layers == 3
+    layer, seen = model.model.layers[2], {}
+    layer.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args
+                                                                                      else None), y=out), with_kwargs=True)
+    ids = torch.randint(1, 100, (2, 7))
+    ids[1, 5:] = 0  # right padding
+    model(input_ids=ids, attention_mask=(ids != 0).long())
+    x, y = seen["x"], seen["y"][0] if isinstance(seen["y"], tuple) else seen["y"]
+    v = layer.self_attn.v_proj.weight
+    for row, n in ((0, 7), (1, 5)):
+        mean = layer.input_layernorm(x)[row, :n].mean(0)
+        torch.testing.assert_close(y[row, n - 1], x[row, n - 1] + v.T @ v @ mean, atol=1e-5, rtol=1e-5)
+
+
+def test_early_stopping_reads_only_the_dev_split(tiny_pretrain, tmp_path, monkeypatch):
+    task = TASKS["sst2"]
+    seen = []
+    real = type(task).evaluate
+
+    def spy(self, model, rows, features, *args, **kwargs):
+        seen.append(sorted(rows["idx"]))
+        return real(self, model, rows, features, *args, **kwargs)
+
+    monkeypatch.setattr(type(task), "evaluate", spy)
+    cfg = recipe("max_train_samples=200", "max_eval_samples=40", "dev_fraction=0.2", "early_stopping_patience=1",
+                 "max_steps=30", "eval_steps=5", "learning_rate=1e-5", "head_learning_rate=1e-5")
+    out = tmp_path / "run"
+    report = finetune.run("sst2", cfg, tiny_pretrain / "final", out)
+    _, _, train_rows = task.load(cfg, "train")
+    _, _, eval_rows = task.load(cfg, "eval")
+    train_ids, eval_ids = set(train_rows["idx"]), sorted(eval_rows["idx"])
+    *during, last = seen
+    assert during and all(len(ids) == 40 and set(ids) <= train_ids for ids in during)  # 20% of the 200
+    assert last == eval_ids  # the eval split, once, after training
+    dev_rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in dev_rows if r["split"] != "train"][-1] == "eval"
+    assert report["dev_examples"] == 40 and report["train"]["examples"] == 160
+    assert report["steps"] < 30 and report["best_step"] <= report["steps"]  # a tiny rate stalls: it stopped early
+    best = load_file(out / "best" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert all(torch.equal(final[k], best[k]) for k in final if k in best)  # the best weights are the ones kept
+
+
+def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, monkeypatch):
+    """Two runs whose labels differ adapt the body to bit-identical weights."""
+    task = TASKS["sst2"]
+    real_load = type(task).load
+    cfg = recipe("max_train_samples=160", "adapt_steps=4", "adapt_seq_len=32", "max_steps=1")
+    finetune.run("sst2", cfg, tiny_pretrain / "final", tmp_path / "a")
+
+    def flipped(self, cfg, which):
+        hub_id, split, rows = real_load(self, cfg, which)
+        return hub_id, split, rows.map(lambda r: {"label": 1 - r["label"]})
+
+    monkeypatch.setattr(type(task), "load", flipped)
+    from accelerate.state import AcceleratorState, PartialState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    finetune.run("sst2", cfg, tiny_pretrain / "final", tmp_path / "b")
+    a = load_file(tmp_path / "a" / "adapt" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "adapt" / "final" / "model.safetensors")
+    original = load_file(tiny_pretrain / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], original[k]) for k in a)  # it did train
+    assert not (tmp_path / "a" / "adapt" / "checkpoints").exists()  # only final/ is kept
+    # The head started from the adapted body, not from the pretrained checkpoint.
+    assert json.loads((tmp_path / "a" / "eval.json").read_text())["checkpoint"] == str(tiny_pretrain / "final")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("layer_lr_decay=0", "must be in (0, 1]"),
+    ("head_learning_rate=-1", "must be > 0, or null"),
+    ("pooling=max", "must be one of last, mean"),
+    ("dev_fraction=1.0", "must be in [0, 1)"),
+    ("early_stopping_patience=2", "needs a dev split to watch"),
+    ("adapt_steps=-3", "must be >= 0"),
+])
+def test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit:
+        main(["finetune", "--task", "sst2", "--recipe", str(FINETUNE_TINY), "--ckpt", str(tiny_pretrain / "final"),
+              "--out", str(tmp_path / "run"), override])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
