@@ -36,7 +36,7 @@ ARGS ?=
 REPORT ?= runs/reports
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss clean
+.PHONY: install pretrain finetune evaluate report-results probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer clean
 
 install:
 	python3 -m venv .venv
@@ -94,6 +94,9 @@ bench-attention:
 
 bench-profile:
 	$(PY) bench/profile_step.py $(ARGS)
+
+bench-transfer:
+	$(PY) bench/transfer.py $(ARGS)
 
 bench-loss:
 	$(PY) bench/lm_head_loss.py

@@ -11,6 +11,9 @@ from pipeline.config import FinetuneConfig
 from pipeline.data import load_split
 
 
+EVAL_SAMPLE_SEED = 1337  # the default seed: eval samples stay those of the runs before seeds varied
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -38,5 +41,7 @@ class Task:
         rows = load_split(hub_id, split, self.dataset_config)
         if limit is not None and limit < len(rows):
             # A seeded shuffle first: some files are sorted by label, and a prefix would hold one class.
-            rows = rows.shuffle(seed=cfg.seed).select(range(limit))
+            # The eval sample never depends on the run's seed, so runs with different seeds are scored
+            # on the same examples; the train sample does (another seed, another sample).
+            rows = rows.shuffle(seed=cfg.seed if which == "train" else EVAL_SAMPLE_SEED).select(range(limit))
         return hub_id, split, rows

@@ -1,0 +1,98 @@
+"""Transfer study: which fine-tuning levers make the pretrained body beat the same model from scratch.
+
+Every variant runs from the pretrained checkpoint and from random init (init=scratch) with the same
+recipe and seeds, so a pretrained row and its scratch row differ only in their starting weights
+(task-adaptive LM training, a pretraining step, runs for the pretrained side only). Seeds change the
+head's init and the data order. Runs go to runs/bench/transfer/ and are reused when rerun.
+
+    python bench/transfer.py [--tasks emotion rotten_tomatoes] [--seeds 3] [--variants NAME ...]
+Writes reports/bench/transfer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+from pipeline.sweep import Job, mean_sd, run_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+# name → overrides on top of the task's recipe. Later variants add to earlier ones where the name says so.
+MEAN_DLR = ["pooling=mean", "head_learning_rate=3e-3"]
+EARLY_STOP = ["num_train_epochs=4", "dev_fraction=0.1", "early_stopping_patience=2", "eval_steps=100"]
+VARIANTS = {
+    "v1 recipe": [],  # the recipe before this study: last token, one rate 3e-4, bf16
+    "fp32": ["mixed_precision=no"],
+    "mean pooling": ["pooling=mean"],
+    "head lr 3e-3": ["head_learning_rate=3e-3"],
+    "mean + head lr 3e-3": MEAN_DLR,
+    "mean + head lr, body lr 1e-4": [*MEAN_DLR, "learning_rate=1e-4"],
+    "mean + head lr, layer decay 0.7": [*MEAN_DLR, "layer_lr_decay=0.7"],
+    "mean + head lr, 4 epochs, early stop": [*MEAN_DLR, *EARLY_STOP],
+    "mean + head lr, early stop, wd 0.1, warmup 10%": [*MEAN_DLR, *EARLY_STOP, "weight_decay=0.1", "warmup_steps=90"],
+    "mean + head lr, early stop, adapt 300": [*MEAN_DLR, *EARLY_STOP, "adapt_steps=300"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", default="runs/pretrain/cpu/final")
+    parser.add_argument("--tasks", nargs="+", default=["emotion", "rotten_tomatoes"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--runs", default="runs/bench/transfer")
+    parser.add_argument("--report", default="reports/bench/transfer")
+    args = parser.parse_args()
+
+    jobs = []
+    for task in args.tasks:
+        for v, name in enumerate(args.variants):
+            for init in ("pretrained", "scratch"):
+                for seed in range(args.seeds):
+                    out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
+                    jobs.append(Job(task, out, [*VARIANTS[name], f"init={init}", f"seed={1337 + seed}"],
+                                    {"variant": name, "init": init, "seed": 1337 + seed}))
+    rows = run_jobs(jobs, Path(args.ckpt))
+    write(rows, args, Path(args.report))
+
+
+def write(rows: list[dict], args, report: Path) -> None:
+    report.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model()}
+    report.with_suffix(".json").write_text(json.dumps({"machine": machine, "checkpoint": args.ckpt, "rows": rows},
+                                                      indent=2))
+    lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
+             "Accuracy (macro-F1 for emotion) in points, mean ± sd over seeds; gain = pretrained − scratch. "
+             "Tokens/s is the median fine-tuning throughput of the pretrained runs.\n"]
+    for task in args.tasks:
+        metric = "f1" if task == "emotion" else "accuracy"
+        lines += [f"## {task} ({'macro-F1' if metric == 'f1' else 'accuracy'})\n",
+                  "| variant | pretrained | scratch | gain | steps | tokens/s |", "|---|---:|---:|---:|---:|---:|"]
+        for name in args.variants:
+            cell = {init: [r for r in rows if r["task"] == task and r["variant"] == name and r["init"] == init]
+                    for init in ("pretrained", "scratch")}
+            if not cell["pretrained"] or not cell["scratch"]:
+                continue
+            (pm, ps), (sm, ss) = (mean_sd([100 * r[metric] for r in cell[i]]) for i in ("pretrained", "scratch"))
+            steps = round(sum(r["steps"] for r in cell["pretrained"]) / len(cell["pretrained"]))
+            speed = sorted(r["tokens_per_s"] or 0 for r in cell["pretrained"])[len(cell["pretrained"]) // 2]
+            lines.append(f"| {name} | {pm:.1f} ± {ps:.1f} | {sm:.1f} ± {ss:.1f} | {pm - sm:+.1f} | {steps} | {speed:,.0f} |")
+        lines.append("")
+    report.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
