@@ -1,0 +1,65 @@
+"""Frozen features of a decoder body, pooled per text, and linear probes on them.
+
+Layers follow transformers' `hidden_states` tuple: 0 is the token embeddings, i (1..L-1) the
+output of decoder layer i, and the top one, L, is AFTER the final RMSNorm: `capture_outputs`
+replaces the last entry with `last_hidden_state` (tie_last_hidden_states=True), so layer L is
+exactly what the task heads read.
+
+Poolings:
+- `last`: the last non-padding token, the one LlamaForSequenceClassification scores; in a causal
+  decoder it is the only token that has seen the whole text.
+- `mean`: the mean over the text's tokens, without padding and without BOS. BOS is always at
+  position 0 and attends only to itself, so its state is the same vector for every text;
+  averaging it in would add a 1/length-weighted constant, a length signal rather than content.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+POOLINGS = ("last", "mean")
+# A fixed, mild regularisation: no tuning, since the probe is scored on the eval split.
+PROBE_C = 1.0
+PROBE_MAX_ITER = 5000  # standardised features converge in well under this with lbfgs
+
+
+@torch.no_grad()
+def pooled_hidden_states(body, features, collate, batch_size: int, device: torch.device,
+                         bos_token_id: int | None, desc: str = "features") -> dict[str, np.ndarray]:
+    """{pooling: float32 array [layers + 1, rows, hidden]} in the dataset's order.
+
+    `body` is a base model (e.g. `model.base_model`) in fp32; rows are batched longest first,
+    so a batch wastes little on padding.
+    """
+    body.eval()
+    inputs = features.select_columns(["input_ids", "attention_mask"])
+    lengths = np.array([len(ids) for ids in inputs["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
+    shape = (body.config.num_hidden_layers + 1, len(lengths), body.config.hidden_size)
+    pooled = {p: np.zeros(shape, np.float32) for p in POOLINGS}
+    with tqdm(total=len(lengths), desc=desc, unit="text") as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([inputs[int(i)] for i in idx]).items()}
+            states = torch.stack(body(**batch, output_hidden_states=True).hidden_states).float()  # [S, B, T, H]
+            mask = batch["attention_mask"].bool()
+            # The rightmost real token, whichever side the collator padded.
+            last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
+            pooled["last"][:, idx] = states[:, torch.arange(len(idx), device=device), last].cpu().numpy()
+            text = mask if bos_token_id is None else mask & (batch["input_ids"] != bos_token_id)
+            weights = text.float() / text.sum(1, keepdim=True).clamp(min=1)
+            pooled["mean"][:, idx] = torch.einsum("sbth,bt->sbh", states, weights).cpu().numpy()
+            bar.update(len(idx))
+    return pooled
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, seed: int) -> np.ndarray:
+    """Eval predictions of StandardScaler + logistic regression fit on the train rows only."""
+    probe = make_pipeline(StandardScaler(),
+                          LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER, random_state=seed))
+    return probe.fit(train_x, train_y).predict(eval_x)
