@@ -32,6 +32,9 @@ SPLIT_DIFFERS = {
 # The headline metric of each task family, then the second one shown.
 METRICS = {"classification": (("accuracy", "accuracy"), ("f1", "macro-F1")),
            "qa": (("f1", "F1"), ("exact_match", "EM"))}
+# The two times every trained row shows, said once for both tables.
+TIMES = ("Training time is the optimizer steps alone; wall time is the whole training loop with its evaluations "
+         "and checkpoints (not start-up); both are summed over resumed runs.")
 
 
 def write(runs: Path, out: Path) -> Path:
@@ -53,15 +56,16 @@ def write(runs: Path, out: Path) -> Path:
 def _pretrain_section(runs: dict[str, Path], out: Path) -> list[str]:
     if not runs:
         return ["## Pretraining", "", f"{DASH} (no pretraining run yet)"]
-    lines = ["## Pretraining", "", "Validation metrics are on each run's held-out corpus blocks; training time is the",
-             "optimizer steps' time summed over resumed runs, and tokens/s is tokens over that time.", "",
-             "| run | parameters | tokens seen | training time | tokens/s | val loss | perplexity | bits/byte |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["## Pretraining", "", "Validation metrics are on each run's held-out corpus blocks. " + TIMES,
+             "Tokens/s is tokens over training time.", "",
+             "| run | parameters | tokens seen | training time | wall time | tokens/s | val loss | perplexity | bits/byte |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         summary = _json(run / "run.json")
         metrics = _json(run / "eval.json").get("evaluation", {}).get("metrics", {})
         lines.append(f"| {name} | {_count(summary.get('parameters'))} | {_count(summary.get('tokens'))} | "
-                     f"{_duration(summary.get('train_seconds'))} | {_num(summary.get('tokens_per_s'), 0)} | "
+                     f"{_duration(summary.get('train_seconds'))} | {_duration(summary.get('wall_seconds'))} | "
+                     f"{_num(summary.get('tokens_per_s'), 0)} | "
                      f"{_num(metrics.get('loss'), 3)} | {_num(metrics.get('perplexity'), 1)} | "
                      f"{_num(metrics.get('bits_per_byte'), 3)} |")
     return lines + [""] + _pretrain_plot(runs, out)
@@ -95,25 +99,25 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
     lines = ["## Fine-tuning", "",
              "Each task is fine-tuned from the pretrained checkpoint and, as the control, from random weights "
              "(init=scratch) with the same recipe; the gain is pretrained minus scratch on the headline metric, "
-             "in points. Baselines train on the task's full train split.", ""]
+             "in points. Baselines train on the task's full train split. " + TIMES, ""]
     bars: dict[str, dict[str, float]] = {}  # task → model → headline metric
     for family, title in (("classification", "Classification"), ("qa", "Extractive QA")):
         (_, label), (_, label2) = METRICS[family]
         lines += [f"### {title}", "",
-                  f"| task | model | {label} | {label2} | gain from pretraining | eval examples | wall time |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  f"| task | model | {label} | {label2} | gain from pretraining | eval examples | training time | wall time |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for name in (n for n, t in TASKS.items() if t.kind == family):
             rows = {model: row for model, row in _task_rows(name, family, runs, baseline_dir).items()
                     if any(v is not None for v in row)}
             if not rows:
-                lines.append(f"| {name} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |")
+                lines.append(f"| {name} |" + f" {DASH} |" * 7)
                 continue
             pre, scratch = (rows.get(init, (None,))[0] for init in ("pretrained", "scratch"))
             gain = DASH if pre is None or scratch is None else f"{pre - scratch:+.1f}"
-            for model, (score, score2, examples, wall) in rows.items():
+            for model, (score, score2, examples, train, wall) in rows.items():
                 lines.append(f"| {name} | {model} | {_num(score, 1)} | {_num(score2, 1)} | "
                              f"{gain if model == 'pretrained' else ''} | {_count(examples, exact=True)} | "
-                             f"{_duration(wall)} |")
+                             f"{_duration(train)} | {_duration(wall)} |")
             bars[name] = {model: row[0] for model, row in rows.items() if row[0] is not None}
         lines.append("")
     sources = sorted({_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
@@ -124,7 +128,7 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
 
 
 def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, tuple]:
-    """model → (headline metric, second metric, eval examples, wall seconds); scores in percent."""
+    """model → (headline metric, second metric, eval examples, train seconds, wall seconds); scores in percent."""
     (key, _), (key2, _) = METRICS[family]
     scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
     rows = {}
@@ -133,13 +137,13 @@ def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path
         evaluation = record.get("evaluation", {})
         metrics = evaluation.get("metrics", {})
         rows[init] = (_scaled(metrics.get(key), scale), _scaled(metrics.get(key2), scale),
-                      evaluation.get("examples"), record.get("wall_seconds"))
+                      evaluation.get("examples"), record.get("train_seconds"), record.get("wall_seconds"))
     if family == "classification":
         baselines = _json(baseline_dir / f"{name}.json")
         for model, label in BASELINES.items():
             scores = baselines.get(model, {})
             rows[label] = (_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale),
-                           baselines.get("eval_examples"), None)
+                           baselines.get("eval_examples"), None, None)
     return rows
 
 
@@ -168,24 +172,39 @@ def _loss_plot(runs: dict[str, Path], out: Path) -> list[str]:
 
 
 def _bar_chart(bars: dict[str, dict[str, float]], out: Path) -> list[str]:
-    """Headline metric per task: pretrained, scratch and baselines side by side."""
     if not bars:
         return ["No scores yet: no comparison chart."]
+    bar_figure(bars).savefig(out / "scores.png", dpi=100)
+    return ["![Scores](scores.png)"]
+
+
+def bar_figure(bars: dict[str, dict[str, float]]) -> Figure:
+    """Headline metric per task: pretrained, scratch and baselines side by side, each bar labelled.
+
+    Each task's bars are centred on its tick, whichever models it has (SQuAD has no baselines).
+    """
     models = ["pretrained", "scratch", *BASELINES.values()]
     width = 0.8 / len(models)
-    fig = Figure(figsize=(max(6, 1.5 * len(bars)), 4))
+    fig = Figure(figsize=(max(6, 1.5 * len(bars)), 4.5))
     ax = fig.subplots()
-    for i, model in enumerate(models):
-        xs = [x + (i - (len(models) - 1) / 2) * width for x, task in enumerate(bars) if model in bars[task]]
-        ax.bar(xs, [scores[model] for scores in bars.values() if model in scores], width, label=model)
+    offsets = {}  # (task, model) → x of the bar
+    for x, (task, scores) in enumerate(bars.items()):
+        present = [m for m in models if m in scores]
+        offsets.update({(task, m): x + (j - (len(present) - 1) / 2) * width for j, m in enumerate(present)})
+    for model in models:
+        tasks = [task for task in bars if model in bars[task]]
+        bars_drawn = ax.bar([offsets[task, model] for task in tasks], [bars[task][model] for task in tasks], width,
+                            label=model)
+        ax.bar_label(bars_drawn, fmt="%.1f", fontsize=7, padding=2, rotation=90)
     ax.set_xticks(range(len(bars)), list(bars))
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 115)  # room above a bar near 100 for its label
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("accuracy, % (QA: F1)")
     ax.set_title("Fine-tuned models against baselines")
-    ax.legend(fontsize="small")
+    # Below the axes: above the bars it would cover the labels of bars near 100.
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=len(models), frameon=False)
     fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=100)
-    return ["![Scores](scores.png)"]
+    return fig
 
 
 # ---- published figures ------------------------------------------------------------------------
