@@ -1,11 +1,16 @@
 """Extractive QA (SQuAD v1.1): windows of question + context in, answer spans out.
 
 The model is a causal LM with a start/end span head, so each window is
-`<bos> question <eos> context-slice <eos>`: the question comes first, so that every context
+`<bos> question <eos> context-slice`: the question comes first, so that every context
 token has attended to it when its span logits are computed. A long context is cut into
 windows of at most `max_length` tokens whose context slices overlap by `doc_stride` tokens.
 Offsets are character offsets into the context; with byte-level BPE a token's span may
 include the space before it, which is why extracted answers are stripped.
+
+Training labels a window that does not hold the whole answer with NO_ANSWER (the BOS), so
+at prediction time each window's best span is weighed against its own no-answer score and
+the answer comes from the window that trusts its span most (`postprocess_with_scores`).
+`audit_labels` decodes the training labels back to text, to check them against the answers.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -23,6 +29,7 @@ from pipeline.data import require_columns
 from pipeline.errors import PipelineError
 from pipeline.inference import run_model
 from pipeline.metrics import load_metric
+from pipeline.metrics.squad.squad import normalize_answer
 from pipeline.tasks.base import Task
 
 COLUMNS = ["id", "question", "context", "answers"]
@@ -63,23 +70,45 @@ def _context_range(sequence_ids: list) -> tuple[int, int]:
     return first, last
 
 
-def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> dict:
-    """Batched `datasets.map` function: windows with start/end token labels (first answer only)."""
+def training_answer(answers: dict) -> int:
+    """Index of the gold answer to train on: the one most annotators agree on, else the first.
+
+    SQuAD's dev set (the offline training data here) gives several answers per question, and
+    the first one is sometimes an artefact: "5" for "How many solo tackles?", its answer_start
+    a string search's first hit, inside "Super Bowl 50", while the two other annotators marked
+    "five". Trained on, such a label teaches the wrong place and cannot even be decoded back
+    (the token is " 50"). So the answer whose text (after SQuAD normalisation) the most
+    annotators gave wins; ties, and single answers, keep the first.
+    """
+    texts = [normalize_answer(t) for t in answers["text"]]
+    return max(range(len(texts)), key=lambda i: (texts.count(texts[i]), -i))
+
+
+def _check_answers(examples: dict[str, list]) -> list[tuple[str, int]]:
+    """The (text, answer_start) each example trains on, after checking every gold answer."""
+    chosen = []
     for example_id, context, answers in zip(examples["id"], examples["context"], examples["answers"]):
         if not answers["text"]:
             raise PipelineError(f"example {example_id} has no answer; drop the row to train on it")
-        text, start = answers["text"][0], answers["answer_start"][0]
-        if context[start : start + len(text)] != text:
-            raise PipelineError(
-                f"example {example_id}: answer {text!r} is not in its context at answer_start={start}; "
-                "fix answer_start or drop the row"
-            )
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            if context[start : start + len(text)] != text:
+                raise PipelineError(
+                    f"example {example_id}: answer {text!r} is not in its context at answer_start={start}; "
+                    "fix answer_start or drop the row"
+                )
+        i = training_answer(answers)
+        chosen.append((answers["text"][i], answers["answer_start"][i]))
+    return chosen
+
+
+def _train_windows(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int):
+    """Tokenized windows, the answer each example trains on, and each window's start/end labels."""
+    chosen = _check_answers(examples)
     enc = _tokenize(examples, tokenizer, max_length, doc_stride)
     start_positions, end_positions = [], []
     for i, (offsets, example_idx) in enumerate(zip(enc["offset_mapping"], enc["overflow_to_sample_mapping"])):
-        answers = examples["answers"][example_idx]
-        start_char = answers["answer_start"][0]
-        end_char = start_char + len(answers["text"][0])
+        text, start_char = chosen[example_idx]
+        end_char = start_char + len(text)
         first, last = _context_range(enc.sequence_ids(i))
         if offsets[first][0] > start_char or offsets[last][1] < end_char:
             start_positions.append(NO_ANSWER)
@@ -87,15 +116,60 @@ def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int
             continue
         window = range(first, last + 1)
         # The answer's first token is the last one starting at or before start_char, and its
-        # last token the first one ending at or after end_char.
+        # last token the first one ending at or after end_char. With byte-level BPE the first
+        # token's span usually starts at the space before the answer.
         start_positions.append(max(k for k in window if offsets[k][0] <= start_char))
         end_positions.append(min(k for k in window if offsets[k][1] >= end_char))
+    return enc, chosen, start_positions, end_positions
+
+
+def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> dict:
+    """Batched `datasets.map` function: windows with start/end token labels.
+
+    Each example trains on one gold answer (`training_answer`); a window that does not hold
+    all of it is labelled NO_ANSWER at both ends. Every gold answer must sit in its context at
+    its answer_start, or PipelineError names the row.
+    """
+    enc, _, start_positions, end_positions = _train_windows(examples, tokenizer, max_length, doc_stride)
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
         "start_positions": start_positions,
         "end_positions": end_positions,
     }
+
+
+def audit_labels(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> list[dict]:
+    """Decode each training window's start/end labels back to text through the window's offsets.
+
+    One record per window: `id`, `answer` (the gold text it trains on), `labelled` (False for a
+    NO_ANSWER window), `decoded` (the context between the labelled tokens' offsets, or None),
+    `tokens` (the labelled span's length in tokens, 0 if none),
+    `exact` (decoded.strip() == answer.strip()), `match` (equal after SQuAD normalisation:
+    what the metric would score as an exact match) and `aligned` (the answer starts and ends
+    at word boundaries of the context). A labelled window that does not match caps F1
+    whatever the model learns: an off-by-one, a dropped space, or (not aligned) an answer
+    that starts or ends inside a word, which no token label can express.
+    """
+    enc, chosen, starts, ends = _train_windows(examples, tokenizer, max_length, doc_stride)
+    records = []
+    for i, (offsets, example_idx) in enumerate(zip(enc["offset_mapping"], enc["overflow_to_sample_mapping"])):
+        answer, start_char = chosen[example_idx]
+        context = examples["context"][example_idx]
+        s, e = starts[i], ends[i]
+        labelled = s != NO_ANSWER
+        decoded = context[offsets[s][0] : offsets[e][1]] if labelled else None
+        records.append({
+            "id": examples["id"][example_idx],
+            "answer": answer,
+            "labelled": labelled,
+            "decoded": decoded,
+            "tokens": e - s + 1 if labelled else 0,
+            "exact": labelled and decoded.strip() == answer.strip(),
+            "match": labelled and normalize_answer(decoded) == normalize_answer(answer),
+            "aligned": _word_boundary(context, start_char) and _word_boundary(context, start_char + len(answer)),
+        })
+    return records
 
 
 def prepare_eval_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> dict:
@@ -114,14 +188,66 @@ def prepare_eval_features(examples: dict[str, list], tokenizer, max_length: int,
     }
 
 
+def _word_boundary(text: str, k: int) -> bool:
+    return k <= 0 or k >= len(text) or not (text[k - 1].isalnum() and text[k].isalnum())
+
+
+class Answer(NamedTuple):
+    """A predicted answer: `context[start:end] == text`; `score` is start_logit + end_logit."""
+
+    text: str
+    score: float
+    start: int
+    end: int
+
+
+NO_SPAN = Answer("", float("-inf"), 0, 0)  # no window held a valid span
+
+
+def best_span(context: str, offsets: list, start_logits, end_logits, n_best: int = 20,
+              max_answer_length: int = 30) -> Answer:
+    """The best valid span of one window among its n_best start and n_best end positions.
+
+    `offsets` are the window's offsets with None for non-context tokens (prepare_eval_features),
+    so a span never uses the question, the special tokens or padding.
+    """
+    start_logits = np.asarray(start_logits)[: len(offsets)]
+    end_logits = np.asarray(end_logits)[: len(offsets)]
+    best = NO_SPAN
+    for s in np.argsort(start_logits)[::-1][:n_best]:
+        for e in np.argsort(end_logits)[::-1][:n_best]:
+            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            if score > best.score:
+                text, start, end = _strip(context, offsets[s][0], offsets[e][1])
+                best = Answer(text, score, start, end)
+    return best
+
+
+def _strip(context: str, start: int, end: int) -> tuple[str, int, int]:
+    """Drop the whitespace a byte-level token carries (and any the span ends with)."""
+    while start < end and context[start].isspace():
+        start += 1
+    while end > start and context[end - 1].isspace():
+        end -= 1
+    return context[start:end], start, end
+
+
 def postprocess_with_scores(
     examples, features, all_start_logits, all_end_logits, n_best: int = 20, max_answer_length: int = 30
-) -> dict[str, tuple[str, float]]:
-    """Map each example id to (answer text, start_logit + end_logit) of its best span.
+) -> dict[str, Answer]:
+    """Map each example id to the Answer (text, score, start, end) of its best window.
 
     `examples` has columns id and context; `features` is the output of prepare_eval_features;
     the logits have one row per feature (rows may be padded past the feature's length).
-    An example with no valid span in any window gets ("", -inf).
+
+    A long context has several windows, and training labels a window that does not hold the
+    whole answer with NO_ANSWER (the BOS at index 0). So each window's best span is weighed
+    against its own no-answer score, start_logit[0] + end_logit[0]: windows are ranked by
+    (best span score - null score), and the answer is the best-ranked window's span. A window
+    that says "not here" strongly loses to one that holds a span, even when its raw span score
+    is higher. An example with no valid span in any window gets NO_SPAN ("", -inf, 0, 0).
     """
     windows = defaultdict(list)
     for i, example_id in enumerate(features["example_id"]):
@@ -129,19 +255,16 @@ def postprocess_with_scores(
     all_offsets = features["offset_mapping"]
     results = {}
     for example_id, context in zip(examples["id"], examples["context"]):
-        best_text, best_score = "", float("-inf")
+        best, best_margin = NO_SPAN, float("-inf")
         for i in windows[example_id]:
-            offsets = all_offsets[i]
-            start_logits = np.asarray(all_start_logits[i])[: len(offsets)]
-            end_logits = np.asarray(all_end_logits[i])[: len(offsets)]
-            for s in np.argsort(start_logits)[::-1][:n_best]:
-                for e in np.argsort(end_logits)[::-1][:n_best]:
-                    if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
-                        continue
-                    score = float(start_logits[s] + end_logits[e])
-                    if score > best_score:
-                        best_text, best_score = context[offsets[s][0] : offsets[e][1]].strip(), score
-        results[example_id] = (best_text, best_score)
+            span = best_span(context, all_offsets[i], all_start_logits[i], all_end_logits[i], n_best,
+                             max_answer_length)
+            if span.score == float("-inf"):
+                continue
+            margin = span.score - float(all_start_logits[i][NO_ANSWER] + all_end_logits[i][NO_ANSWER])
+            if margin > best_margin:
+                best, best_margin = span, margin
+        results[example_id] = best
     return results
 
 
@@ -150,7 +273,7 @@ def postprocess_predictions(
 ) -> dict[str, str]:
     """Map each example id to its predicted answer text ("" when no valid span exists)."""
     scored = postprocess_with_scores(examples, features, all_start_logits, all_end_logits, n_best, max_answer_length)
-    return {example_id: text for example_id, (text, _) in scored.items()}
+    return {example_id: answer.text for example_id, answer in scored.items()}
 
 
 @dataclass(frozen=True)
