@@ -36,7 +36,7 @@ ARGS ?=
 REPORT ?= runs/reports
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer clean
+.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer clean
 
 install:
 	python3 -m venv .venv
@@ -60,6 +60,12 @@ report-results:
 
 probe:
 	$(PY) -m pipeline probe --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
+
+# Sample efficiency (issue: pretraining must pay off): each classification task at 100 and 1,000
+# labels, pretrained and scratch, 3 seeds, TF-IDF on the same examples; then the scoreboard.
+curves:
+	$(PY) -m pipeline curves $(call opt,--ckpt,$(CKPT)) $(ARGS)
+	$(PY) -m pipeline evaluate --report $(REPORT)
 
 predict:
 	$(PY) -m pipeline predict --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")

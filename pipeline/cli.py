@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="default: runs/probe/<task>")
     b.add_argument("overrides", nargs="*", metavar="key=value")
 
+    c = stages.add_parser("curves", help="sample efficiency: every classification task at 100 and 1,000 labels")
+    c.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+    c.add_argument("--tasks", nargs="+", help="default: every classification task")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], choices=[100, 1000])
+    c.add_argument("--runs", default="runs", help="where make all's runs are (the full-budget points)")
+    c.add_argument("--out", default="runs/curves")
+    c.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every fine-tune")
+
     r = stages.add_parser("predict", help="print a fine-tuned model's prediction with its score")
     r.add_argument("--task", required=True)
     r.add_argument("--ckpt", help="default: runs/finetune/<task>/final")
@@ -119,6 +128,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         from pipeline.stages import evaluate
 
         evaluate.run([Path(c) for c in args.ckpt or []], Path(args.runs), Path(args.report))
+    elif args.stage == "curves":
+        from pipeline.checkpoint import newest_final
+        from pipeline.stages import curves
+
+        ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+        curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides)
     elif args.stage == "predict":
         from pipeline.stages import predict
 

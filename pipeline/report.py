@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
+
+from pipeline import curves
 
 from pipeline.baselines import MODELS as BASELINES
 from pipeline.tasks import TASKS
@@ -45,7 +48,7 @@ def write(runs: Path, out: Path) -> Path:
              f"Measured figures are read from `{runs}/` (run.json, eval.json, metrics.jsonl, baselines/); "
              f"{DASH} marks a run that does not exist yet.", ""]
     for section in (_pretrain_section(pretrain, out), _finetune_section(finetune, runs / "baselines", out),
-                    _anchor_section()):
+                    curves.section(runs / "curves" / "curves.json", out), _anchor_section()):
         lines += section + [""]
     path = out / "scoreboard.md"
     path.write_text("\n".join(lines))
@@ -104,21 +107,25 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
     for family, title in (("classification", "Classification"), ("qa", "Extractive QA")):
         (_, label), (_, label2) = METRICS[family]
         lines += [f"### {title}", "",
-                  f"| task | model | {label} | {label2} | gain from pretraining | eval examples | training time | wall time |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  f"| task | model | {label} | 95% interval | {label2} | gain from pretraining | eval examples | "
+                  "training time | wall time |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name in (n for n, t in TASKS.items() if t.kind == family):
             rows = {model: row for model, row in _task_rows(name, family, runs, baseline_dir).items()
                     if any(v is not None for v in row)}
             if not rows:
-                lines.append(f"| {name} |" + f" {DASH} |" * 7)
+                lines.append(f"| {name} |" + f" {DASH} |" * 8)
                 continue
             pre, scratch = (rows.get(init, (None,))[0] for init in ("pretrained", "scratch"))
             gain = DASH if pre is None or scratch is None else f"{pre - scratch:+.1f}"
-            for model, (score, score2, examples, train, wall) in rows.items():
-                lines.append(f"| {name} | {model} | {_num(score, 1)} | {_num(score2, 1)} | "
+            for model, (score, score2, examples, train, wall, interval) in rows.items():
+                lines.append(f"| {name} | {model} | {_num(score, 1)} | {_interval_text(interval)} | {_num(score2, 1)} | "
                              f"{gain if model == 'pretrained' else ''} | {_count(examples, exact=True)} | "
                              f"{_duration(train)} | {_duration(wall)} |")
             bars[name] = {model: row[0] for model, row in rows.items() if row[0] is not None}
+        if family == "classification":
+            lines += ["", "The interval is a 95% bootstrap over the eval examples (1,000 resamples of the confusion "
+                          "matrix): two runs whose intervals overlap widely are not told apart by this eval set."]
         lines.append("")
     sources = sorted({_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
                       if not name.endswith("-scratch")} - {None})
@@ -128,7 +135,8 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
 
 
 def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, tuple]:
-    """model → (headline metric, second metric, eval examples, train seconds, wall seconds); scores in percent."""
+    """model → (headline metric, second metric, eval examples, train seconds, wall seconds, 95% interval of the
+    headline metric or None); scores in percent."""
     (key, _), (key2, _) = METRICS[family]
     scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
     rows = {}
@@ -136,14 +144,15 @@ def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path
         record = _json(runs[folder] / "eval.json") if folder in runs else {}
         evaluation = record.get("evaluation", {})
         metrics = evaluation.get("metrics", {})
+        interval = bootstrap_accuracy(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else None
         rows[init] = (_scaled(metrics.get(key), scale), _scaled(metrics.get(key2), scale),
-                      evaluation.get("examples"), record.get("train_seconds"), record.get("wall_seconds"))
+                      evaluation.get("examples"), record.get("train_seconds"), record.get("wall_seconds"), interval)
     if family == "classification":
         baselines = _json(baseline_dir / f"{name}.json")
         for model, label in BASELINES.items():
             scores = baselines.get(model, {})
             rows[label] = (_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale),
-                           baselines.get("eval_examples"), None, None)
+                           baselines.get("eval_examples"), None, None, None)
     return rows
 
 
@@ -232,6 +241,20 @@ def _curves(run: Path) -> dict[str, list[dict]]:
         rows[row["split"], row["step"]] = row  # the later row wins
     ordered = [rows[k] for k in sorted(rows, key=lambda k: k[1])]
     return {split: [r for r in ordered if r["split"] == split] for split in ("train", "eval")}
+
+
+def bootstrap_accuracy(confusion: list[list[int]], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of accuracy (in points) by resampling the eval examples, which the confusion matrix lists."""
+    cells = np.asarray(confusion, dtype=np.int64).ravel()
+    n = int(cells.sum())
+    diagonal = np.arange(len(confusion)) * (len(confusion) + 1)
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=resamples)
+    accuracy = 100 * draws[:, diagonal].sum(1) / n
+    return float(np.percentile(accuracy, 2.5)), float(np.percentile(accuracy, 97.5))
+
+
+def _interval_text(interval) -> str:
+    return DASH if interval is None else f"{interval[0]:.1f}–{interval[1]:.1f}"
 
 
 def _scaled(value, scale: float):

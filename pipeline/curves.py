@@ -1,0 +1,134 @@
+"""Sample efficiency, the headline of pretrain-then-fine-tune: score against labelled examples.
+
+Each classification task is fine-tuned on 100 and 1,000 labelled examples (3 seeds each; a seed
+draws another sample, another head init and data order), from the pretrained checkpoint and from
+scratch, and TF-IDF + logistic regression is trained on exactly the same examples. The recipe's
+full label budget is the point `make all` already measured (runs/finetune/<task>[-scratch]).
+
+The small sizes get a fixed step budget instead of the recipe's epochs (which would give 100
+examples 3 steps), with early stopping on a 10% dev slice of the same labelled examples.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.baselines import tfidf_lr
+from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.sweep import Job
+from pipeline.tasks import TASKS
+from pipeline.tasks.classification import scores
+
+SIZES = (100, 1000)
+SEEDS = 3
+INITS = ("pretrained", "scratch")
+# Per size: the step budget and evaluation cadence; IMDB's 256-token reviews are cut to 128 here
+# so that the whole study fits an hour on two cores.
+BUDGET = {100: ["global_batch_size=16", "micro_batch_size=16", "max_steps=60", "eval_steps=10", "warmup_steps=6"],
+          1000: ["global_batch_size=32", "micro_batch_size=16", "max_steps=150", "eval_steps=25", "warmup_steps=15"]}
+EARLY_STOPPING = ["dev_fraction=0.1", "early_stopping_patience=3"]
+TASK_BUDGET = {"imdb": ["max_length=128"]}
+
+
+def classification_tasks() -> list[str]:
+    return [name for name, task in TASKS.items() if task.kind == "classification"]
+
+
+def plan(tasks: list[str], root: Path, sizes=SIZES, seeds: int = SEEDS, extra: list[str] = ()) -> list[Job]:
+    return [Job(task, root / task / f"n{n}-{init}-s{seed}",
+                [*BUDGET[n], *EARLY_STOPPING, *TASK_BUDGET.get(task, []), f"max_train_samples={n}", f"init={init}",
+                 f"seed={1337 + seed}", *extra],
+                {"n": n, "init": init, "seed": 1337 + seed})
+            for task in tasks for n in sizes for seed in range(seeds) for init in INITS]
+
+
+def tfidf_rows(task_name: str, recipe: Path | None, sizes=SIZES, seeds: int = SEEDS) -> list[dict]:
+    """TF-IDF + LR on the very examples each fine-tune got (its seeded train sample), same eval sample."""
+    task, rows = TASKS[task_name], []
+    for n in sizes:
+        for seed in range(seeds):
+            cfg = load_recipe(FinetuneConfig, recipe, [f"max_train_samples={n}", f"seed={1337 + seed}"])
+            hub_id, split, train = task.load(cfg, "train")
+            _, _, evals = task.load(cfg, "eval")
+            n_labels = len(task.label_names(train, hub_id, split))
+            predicted = tfidf_lr(train[task.text_column], np.asarray(train[task.label_column]), evals[task.text_column])
+            rows.append({"task": task_name, "n": len(train), "init": "TF-IDF + LR", "seed": 1337 + seed,
+                         **scores(predicted, np.asarray(evals[task.label_column]), n_labels)})
+    return rows
+
+
+def full_budget_rows(runs: Path, baselines: Path, tasks: list[str]) -> list[dict]:
+    """The recipe's full label budget: the runs and baselines of `make all`, where they exist."""
+    rows = []
+    for task in tasks:
+        for init, folder in (("pretrained", task), ("scratch", f"{task}-scratch")):
+            report = _json(runs / folder / "eval.json")
+            if report.get("metrics"):
+                n = report["train"]["examples"] + report.get("dev_examples", 0)
+                rows.append({"task": task, "n": n, "init": init, "seed": None, **report["metrics"]})
+        base = _json(baselines / f"{task}.json")
+        if base:
+            rows.append({"task": task, "n": base["train_examples"], "init": "TF-IDF + LR", "seed": None,
+                         **base["tfidf_lr"]})
+    return rows
+
+
+# ---- reporting -------------------------------------------------------------------------------
+def summary(rows: list[dict]) -> dict[tuple[str, int, str], tuple[float, float, int]]:
+    """(task, n, model) → (mean accuracy in points, sd, seeds)."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["n"], r["init"]), []).append(100 * r["accuracy"])
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in cells.items()}
+
+
+def section(path: Path, out: Path) -> list[str]:
+    """The scoreboard's sample-efficiency table and reports/transfer.png, from `make curves`' results."""
+    if not path.is_file():
+        return ["## Sample efficiency", "", "— (run `make curves`)"]
+    data = json.loads(path.read_text())
+    cells = summary(data["rows"])
+    lines = ["## Sample efficiency", "",
+             "Accuracy in points against labelled examples: mean ± sd over seeds (each seed draws its own sample); "
+             "TF-IDF + LR trains on the same examples. The largest size is the recipe's full budget (`make all`, one "
+             f"seed). Small sizes: {data['budget']}.", "",
+             "| task | labelled examples | pretrained | scratch | TF-IDF + LR | gain from pretraining |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for task in dict.fromkeys(r["task"] for r in data["rows"]):
+        for n in sorted({k[1] for k in cells if k[0] == task}):
+            got = {m: cells.get((task, n, m)) for m in ("pretrained", "scratch", "TF-IDF + LR")}
+            shown = [f"{c[0]:.1f} ± {c[1]:.1f}" if c and c[2] > 1 else f"{c[0]:.1f}" if c else "—" for c in got.values()]
+            gain = f"{got['pretrained'][0] - got['scratch'][0]:+.1f}" if got["pretrained"] and got["scratch"] else "—"
+            lines.append(f"| {task} | {n:,} | {' | '.join(shown)} | {gain} |")
+    figure(cells).savefig(out / "transfer.png", dpi=100)
+    return lines + ["", "![Sample efficiency](transfer.png)"]
+
+
+def figure(cells: dict) -> Figure:
+    tasks = list(dict.fromkeys(k[0] for k in cells))
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig = Figure(figsize=(4 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, task in zip(axes, tasks):
+        for model, style in (("pretrained", "o-"), ("scratch", "s--"), ("TF-IDF + LR", "^:")):
+            points = sorted((k[1], v) for k, v in cells.items() if k[0] == task and k[2] == model)
+            if points:
+                ax.errorbar([n for n, _ in points], [v[0] for _, v in points], yerr=[v[1] for _, v in points],
+                            fmt=style, capsize=3, label=model)
+        ax.set(title=task, xscale="log", xlabel="labelled examples", ylabel="accuracy, %")
+        ax.legend(fontsize="small")
+    for ax in axes[len(tasks):]:
+        ax.remove()
+    fig.suptitle("Sample efficiency: pretrained vs scratch vs TF-IDF")
+    fig.tight_layout()
+    return fig
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

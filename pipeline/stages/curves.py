@@ -1,0 +1,32 @@
+"""`make curves`: fine-tune every classification task at 100 and 1,000 labelled examples, pretrained and
+from scratch, 3 seeds each, with TF-IDF on the same examples; results in runs/curves/curves.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import curves
+from pipeline.checkpoint import inspect_model_folder
+from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.sweep import run_jobs
+from pipeline.tasks import get_task
+
+
+def run(ckpt: Path, tasks: list[str] | None, runs: Path, out: Path, seeds: int = curves.SEEDS,
+        sizes=curves.SIZES, extra: list[str] = ()) -> Path:
+    inspect_model_folder(ckpt)  # a bad checkpoint or override fails here, before hours of work
+    load_recipe(FinetuneConfig, None, list(extra))
+    tasks = [get_task(t).name for t in tasks] if tasks else curves.classification_tasks()
+    jobs = curves.plan(tasks, out, sizes, seeds, list(extra))
+    rows = [{k: v for k, v in row.items() if k in ("task", "n", "init", "seed", "accuracy", "f1", "steps")}
+            for row in run_jobs(jobs, ckpt)]
+    for task in tasks:
+        recipe = Path("recipes/finetune") / f"{task}.yaml"
+        rows += curves.tfidf_rows(task, recipe if recipe.is_file() else None, sizes, seeds)
+    rows += curves.full_budget_rows(runs / "finetune", runs / "baselines", tasks)
+    budget = "; ".join(f"{n}: {' '.join(curves.BUDGET[n] + curves.EARLY_STOPPING)}" for n in sizes)
+    path = out / "curves.json"
+    path.write_text(json.dumps({"checkpoint": str(ckpt), "budget": budget, "rows": rows}, indent=2))
+    print(f"wrote {path}")
+    return path

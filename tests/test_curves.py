@@ -1,0 +1,52 @@
+"""`make curves` on a tiny budget: the fine-tunes, TF-IDF on the same examples, the table and the plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import run_cli
+from pipeline import curves
+from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.tasks import TASKS
+
+
+def test_curves_write_the_table_and_the_plot(tiny_pretrain, tmp_path):
+    out = tmp_path / "curves"
+    result = run_cli("curves", "--ckpt", tiny_pretrain / "final", "--tasks", "trec", "--sizes", "100", "--seeds", "2",
+                     "--runs", tmp_path / "no-runs", "--out", out, "max_steps=6", "eval_steps=3", "max_eval_samples=50",
+                     "mixed_precision=no")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "curves.json").read_text())["rows"]
+    models = sorted((r["init"], r["seed"]) for r in rows)
+    assert models == sorted((m, s) for m in ("pretrained", "scratch", "TF-IDF + LR") for s in (1337, 1338))
+    assert all(r["n"] == 100 and 0 <= r["accuracy"] <= 1 for r in rows)
+    lines = curves.section(out / "curves.json", tmp_path)
+    table = [line for line in lines if line.startswith("| trec |")]
+    assert len(table) == 1 and "| 100 |" in table[0] and " ± " in table[0]
+    assert (tmp_path / "transfer.png").stat().st_size > 10_000
+
+
+def test_tfidf_trains_on_the_fine_tunes_own_sample():
+    """The seeded sample TF-IDF is fit on is the one a fine-tune with that seed trains on."""
+    task = TASKS["trec"]
+    cfg = load_recipe(FinetuneConfig, "recipes/finetune/trec.yaml", ["max_train_samples=100", "seed=1338"])
+    _, _, sample = task.load(cfg, "train")
+    seen = {}
+    real = curves.tfidf_lr
+
+    def spy(texts, labels, eval_texts):
+        seen.setdefault("texts", list(texts))
+        return real(texts, labels, eval_texts)
+
+    curves.tfidf_lr = spy
+    try:
+        rows = curves.tfidf_rows("trec", "recipes/finetune/trec.yaml", sizes=(100,), seeds=2)
+    finally:
+        curves.tfidf_lr = real
+    assert [r["n"] for r in rows] == [100, 100]
+    assert seen["texts"] != list(sample["text"])  # the first call is seed 1337, another sample
+    again = load_recipe(FinetuneConfig, "recipes/finetune/trec.yaml", ["max_train_samples=100", "seed=1337"])
+    assert seen["texts"] == list(task.load(again, "train")[2]["text"])
+    assert np.mean([r["accuracy"] for r in rows]) > 0.3  # it learned something from 100 questions
