@@ -158,7 +158,9 @@ def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_f
 
 # ---- reading model folders --------------------------------------------------------------
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
-KINDS = {"ForCausalLM": "causal_lm", "ForSequenceClassification": "classifier", "ForQuestionAnswering": "qa"}
+# By the suffix of the saved architecture; GPT-2 calls its causal LM GPT2LMHeadModel.
+KINDS = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm", "ForSequenceClassification": "classifier",
+         "ForQuestionAnswering": "qa"}
 
 
 def inspect_model_folder(path: str | Path):
