@@ -22,6 +22,13 @@ from pipeline.errors import PipelineError
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "blocksparse_sdpa")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "muon")
+# The names transformers.get_scheduler accepts (SchedulerType) that this loop can drive with only
+# warmup_steps and max_steps, plus "wsd" for warmup_stable_decay. Left out: reduce_lr_on_plateau and
+# greedy (stepped with a metric), cosine_with_min_lr and cosine_warmup_with_min_lr (need a min_lr).
+# tests/test_budget_muon.py checks each against transformers. Kept literal: no transformers import here.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "warmup_stable_decay", "wsd")
 
 
 @dataclass
@@ -34,8 +41,16 @@ class TrainConfig:
     learning_rate: float = 3e-4  # the body's (top layer's) peak rate
     head_learning_rate: Optional[float] = None  # a new task head's peak rate; null = learning_rate
     layer_lr_decay: float = 1.0  # each body layer trains at this times the rate of the one above it
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: str = "cosine"  # any of SCHEDULERS; wsd = warmup, constant, then decay to 0
     warmup_steps: int = 0
+    decay_fraction: float = 0.2  # wsd: the last share of the steps, decaying to 0 (1-sqrt shape)
+    optimizer: str = "adamw"  # or muon: Muon for the layers' 2-D weight matrices, AdamW for the rest
+    muon_learning_rate: float = 0.02  # Muon's peak rate (the AdamW groups keep learning_rate)
+    muon_momentum: float = 0.95
+    # Stop after this many minutes of optimizer steps (evaluation and saving not counted), with a finished
+    # schedule: throughput is measured over the first steps and max_steps is fixed from it (pipeline/budget.py).
+    # max_steps stays the upper bound. null = off.
+    max_train_minutes: Optional[float] = None
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -77,6 +92,17 @@ class TrainConfig:
                 _bad(key, getattr(self, key), "must be > 0 or null (all)")
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("attn_implementation", self.attn_implementation, ATTENTION_BACKENDS)
+        _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not 0 < self.decay_fraction <= 1:
+            _bad("decay_fraction", self.decay_fraction, "must be in (0, 1]: the share of the steps the wsd decay takes")
+        if not (self.muon_learning_rate > 0 and math.isfinite(self.muon_learning_rate)):
+            _bad("muon_learning_rate", self.muon_learning_rate, "must be > 0")
+        if not 0 <= self.muon_momentum < 1:
+            _bad("muon_momentum", self.muon_momentum, "must be in [0, 1)")
+        minutes = self.max_train_minutes
+        if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+            _bad("max_train_minutes", minutes, "must be > 0 (minutes of optimizer steps), or null for no time budget")
         if self.resume and self.overwrite:
             raise PipelineError("resume=true and overwrite=true contradict each other: pass only one")
 

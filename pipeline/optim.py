@@ -7,6 +7,18 @@ Parameter groups carry what the recipe asks for:
   the one above it, down to the embeddings. A decay of 1 gives every body layer the same rate.
 The body is the model's `base_model` (what a checkpoint supplies); everything else is the head.
 A causal LM has no head: its LM head shares the embedding matrix.
+
+`optimizer: muon` (as in modded-nanogpt) trains the 2-D weight matrices of the transformer layers
+(attention and MLP projections) with torch.optim.Muon at `muon_learning_rate`, and everything else
+(embeddings and the tied LM head, norms, biases, task heads) with AdamW as above. Layer decay applies
+to the Muon groups too: layer i trains at muon_learning_rate × layer_lr_decay^(top − depth). The two
+are stepped as one optimizer (CombinedOptimizer), so the loop, accelerate, the schedule (it scales
+every group of both) and the checkpoint see a single optimizer.
+
+Schedules are transformers.get_scheduler's; `wsd` (warmup_stable_decay) warms up linearly over
+warmup_steps, stays constant, and decays to 0 over the last `decay_fraction` of the steps in the
+1-sqrt shape (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+Durations": better than a linear cooldown at the same length).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import torch
 from transformers import get_scheduler
 
 from pipeline.config import TrainConfig
+from pipeline.errors import PipelineError
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -43,8 +56,17 @@ def parameter_depths(model: torch.nn.Module) -> dict[str, int | None]:
     return depths
 
 
+def is_hidden_matrix(name: str, param: torch.Tensor, depth: int | None) -> bool:
+    """A 2-D weight inside a transformer layer of the body: what Muon trains with optimizer=muon."""
+    return depth is not None and param.ndim == 2 and LAYER.search(name) is not None
+
+
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups, one per (learning rate, weight decay) pair, each named for the logs and tests."""
+    """Groups, one per (optimizer, learning rate, weight decay), each named for the logs and tests.
+
+    Each group's "optimizer" says which optimizer takes it: "muon" for the layers' weight matrices
+    when cfg.optimizer is muon (named "muon-depth-N"), "adamw" for everything else.
+    """
     depths = parameter_depths(model)
     top = max((d for d in depths.values() if d is not None), default=0)
     head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
@@ -53,16 +75,84 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         if name not in depths:
             continue
         depth = depths[name]
-        lr = head_lr if depth is None else cfg.learning_rate * cfg.layer_lr_decay ** (top - depth)
+        muon = cfg.optimizer == "muon" and is_hidden_matrix(name, p, depth)
+        peak = cfg.muon_learning_rate if muon else cfg.learning_rate
+        lr = head_lr if depth is None else peak * cfg.layer_lr_decay ** (top - depth)
         decay = cfg.weight_decay if p.ndim >= 2 else 0.0
-        groups[("head" if depth is None else f"depth-{depth}", lr, decay)].append(p)
-    return [{"name": name, "params": params, "lr": lr, "weight_decay": decay}
-            for (name, lr, decay), params in sorted(groups.items(), key=lambda kv: str(kv[0][0]))]
+        label = "head" if depth is None else f"{'muon-' if muon else ''}depth-{depth}"
+        groups[("muon" if muon else "adamw", label, lr, decay)].append(p)
+    return [{"name": name, "optimizer": kind, "params": params, "lr": lr, "weight_decay": decay}
+            for (kind, name, lr, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             fused=True)  # one kernel for the whole update, on CPU as on GPU
+    groups = parameter_groups(model, cfg)
+    adamw = torch.optim.AdamW([g for g in groups if g["optimizer"] == "adamw"], lr=cfg.learning_rate,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2),
+                              fused=True)  # one kernel for the whole update, on CPU as on GPU
+    if cfg.optimizer == "adamw":
+        return adamw
+    # Muon's decoupled weight decay is lr-scaled like AdamW's (p ← p·(1 − lr·wd)), at Muon's larger rate.
+    # Its update is scaled by sqrt(max(1, rows/cols)) (Keller Jordan's "original" adjustment).
+    muon = torch.optim.Muon([g for g in groups if g["optimizer"] == "muon"], lr=cfg.muon_learning_rate,
+                            momentum=cfg.muon_momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return CombinedOptimizer(adamw, muon)
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped, zeroed, scheduled and saved as one.
+
+    Like accelerate's AcceleratedOptimizer, it owns nothing: `param_groups` is the inner optimizers'
+    groups (the same dicts, so a scheduler's rates reach them) and the state is theirs. Its state
+    dict is a list of theirs: plain tensors and numbers, loadable with torch.load(weights_only=True).
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):  # no super().__init__: nothing of its own
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:  # read on every access: load_state_dict replaces the inner dicts
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizers[0].defaults
+
+    def add_param_group(self, param_group: dict) -> None:
+        raise NotImplementedError("add the group to one of CombinedOptimizer.optimizers")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if saved is None or len(saved) != len(self.optimizers):
+            # e.g. a checkpoint of an optimizer=adamw run resumed with optimizer=muon
+            raise PipelineError(f"the checkpoint's optimizer state is not that of {self!r} (was it saved with another "
+                                "`optimizer`?): resume with the run's own recipe, or start over with overwrite=true")
+        for opt, sd in zip(self.optimizers, saved):
+            opt.load_state_dict(sd)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int, done_steps: int = 0):
@@ -71,8 +161,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
     The schedule is a pure function of the step, so replaying it restores it exactly without
     unpickling anything (accelerate would pickle a registered scheduler).
     """
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=max_steps)
+    name, extra = cfg.lr_scheduler_type, None
+    if name in ("wsd", "warmup_stable_decay"):
+        name = "warmup_stable_decay"
+        decay = min(max(1, round(cfg.decay_fraction * max_steps)), max(0, max_steps - cfg.warmup_steps))
+        extra = {"num_decay_steps": decay, "decay_type": "1-sqrt", "warmup_type": "linear"}
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max_steps,
+                              scheduler_specific_kwargs=extra)
     with warnings.catch_warnings():
         # torch warns that scheduler.step() ran before optimizer.step(): harmless here, since the
         # replay only moves the schedule to where the interrupted run left it.
