@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipeline import checkpoint
+from pipeline.budget import TimeBudget
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.optim import build_optimizer, build_scheduler
@@ -49,6 +50,8 @@ class TrainState:
     tokens: int = 0  # tokens trained on, all processes together
     train_seconds: float = 0.0  # optimizer steps only
     wall_seconds: float = 0.0  # the whole loop with evaluation and saving, summed over resumed runs
+    first_step_seconds: float = 0.0  # max_train_minutes: step 1's time (compilation), left out of the pace
+    budget_steps: int = 0  # max_train_minutes: the step count fixed from measured pace (0 = not yet); kept on resume
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -116,6 +119,7 @@ class Trainer:
         self.max_steps = cfg.max_steps if cfg.max_steps > 0 else \
             max(1, math.ceil(cfg.num_train_epochs * self.batches_per_epoch / self.accum))
         self.state = TrainState()
+        self.budget = TimeBudget.from_config(cfg, accelerator)  # None without max_train_minutes
         self.model = model
         self.last_eval: dict = {}
         self._stop_signal: int | None = None
@@ -152,6 +156,8 @@ class Trainer:
             if acc.is_main_process:
                 checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
+            if self.state.budget_steps:  # fixed by the time budget of the run this one continues
+                self.max_steps = self.state.budget_steps
         scheduler = build_scheduler(optimizer, cfg, self.max_steps, self.state.step)
         if acc.is_main_process:  # only now, after a resume loaded cleanly, is the output folder touched
             self.out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +192,8 @@ class Trainer:
             self.state.step += 1
             window_steps += 1
             self.state.train_seconds += time.perf_counter() - t0
+            if self.budget is not None:
+                scheduler = self._apply_budget(optimizer, scheduler, bar)
             bar.update(1)
             step = self.state.step
 
@@ -233,6 +241,21 @@ class Trainer:
             self._stop_early = bool(self.on_evaluate(self.acc.unwrap_model(model), self.state.step, metrics))
         self.acc.wait_for_everyone()
         return metrics
+
+    def _apply_budget(self, optimizer, scheduler, bar):
+        """max_train_minutes (pipeline/budget.py): once the pace is known, fix max_steps and the schedule to it."""
+        try:
+            fixed = self.budget.after_step(self.state, self.max_steps)
+        except PipelineError:  # the budget cannot even hold the warmup
+            bar.leave = False
+            bar.close()
+            raise
+        if fixed:
+            self.max_steps = fixed  # the schedule now ends exactly there
+            scheduler = build_scheduler(optimizer, self.cfg, fixed, self.state.step)
+            bar.total = fixed
+            self.acc.print(f"max_train_minutes={self.cfg.max_train_minutes:g}: training for {fixed} steps")
+        return scheduler
 
     # ---- bookkeeping ------------------------------------------------------------------
     def log(self, values: dict, split: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import checkpoint
+from pipeline import budget, checkpoint
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
@@ -94,7 +94,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
         "metrics": metrics, "steps": state.step, "train_seconds": state.train_seconds,
-        "wall_seconds": state.wall_seconds,
+        "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
         "evaluation": {"model": str(out / "final"), "model_kind": task.model_kind,
                        "fingerprint": checkpoint.fingerprint(out / "final"), "dataset": hub_id, "split": eval_split,
