@@ -1,0 +1,222 @@
+"""More language model per CPU-hour (issue 12): a time budget that ends with a finished schedule,
+the warmup-stable-decay schedule, and Muon for the hidden weight matrices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+from transformers.trainer_utils import SchedulerType
+
+from conftest import ROOT, TINY, read_metrics, run_cli
+from pipeline.cli import main
+from pipeline.config import SCHEDULERS, PretrainConfig, load_recipe
+from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+def tiny_llama(cls=transformers.LlamaForCausalLM, **extra):
+    """The pipeline's shape of model (tied embeddings), three layers."""
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                      tie_word_embeddings=True, **extra)
+    torch.manual_seed(0)
+    return cls(config)
+
+
+def recipe(*overrides: str) -> PretrainConfig:
+    return load_recipe(PretrainConfig, TINY, list(overrides))
+
+
+# ---- schedules ------------------------------------------------------------------------
+def test_every_accepted_scheduler_name_builds_with_transformers():
+    names = {t.value for t in SchedulerType}
+    for name in SCHEDULERS:
+        assert name in names or name == "wsd", name
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+        build_scheduler(optimizer, recipe(f"lr_scheduler_type={name}"), max_steps=50, done_steps=10)
+
+
+def test_wsd_warms_up_holds_then_decays_to_zero():
+    cfg = recipe("lr_scheduler_type=wsd", "warmup_steps=10", "decay_fraction=0.2", "learning_rate=1.0")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, max_steps=100)
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(100):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert lrs[5] == pytest.approx(0.5)  # linear warmup
+    assert lrs[10:81] == [1.0] * 71  # stable until the last 20% of the steps
+    assert lrs[85] == pytest.approx(1 - (5 / 20) ** 0.5)  # 1-sqrt decay
+    assert lrs[100] == 0.0 and all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+# ---- Muon -----------------------------------------------------------------------------
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    cfg = recipe("optimizer=muon", "muon_learning_rate=0.02", "learning_rate=1e-3", "layer_lr_decay=0.5")
+    model = tiny_llama()
+    optimizer = build_optimizer(model, cfg)
+    assert isinstance(optimizer, CombinedOptimizer)
+    adamw, muon = optimizer.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert in_muon == {n for n in names.values() if n.startswith("model.layers.") and n.endswith(
+        tuple(f"{p}.weight" for p in projections))}
+    assert len(in_muon) == 3 * len(projections)
+    assert in_adamw == set(names.values()) - in_muon  # embeddings (= tied LM head), every norm
+    assert "model.embed_tokens.weight" in in_adamw and "model.norm.weight" in in_adamw
+    # Layer decay reaches the Muon groups: layer i (depth i+1) of 3, below the final norm at depth 4.
+    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates["muon-depth-3"] == pytest.approx(0.02 * 0.5) and rates["muon-depth-1"] == pytest.approx(0.02 * 0.5 ** 3)
+    assert rates["depth-0"] == pytest.approx(1e-3 * 0.5 ** 4)
+    # One schedule scales both optimizers' rates.
+    scheduler = build_scheduler(optimizer, recipe("optimizer=muon", "warmup_steps=4", "lr_scheduler_type=wsd"), 20, 2)
+    assert scheduler.get_last_lr() == pytest.approx([g["initial_lr"] * 0.5 for g in optimizer.param_groups])
+    assert muon.param_groups[0]["lr"] == pytest.approx(muon.param_groups[0]["initial_lr"] * 0.5)
+
+
+def test_muon_leaves_task_heads_to_adamw():
+    model = tiny_llama(transformers.LlamaForSequenceClassification, num_labels=3)
+    optimizer = build_optimizer(model, recipe("optimizer=muon", "head_learning_rate=5e-3"))
+    adamw, muon = optimizer.optimizers
+    head = [g for g in adamw.param_groups if g["name"] == "head"]
+    assert head and head[0]["params"] == [model.score.weight] and head[0]["lr"] == pytest.approx(5e-3)
+    assert all(p is not model.score.weight for g in muon.param_groups for p in g["params"])
+
+
+def test_combined_optimizer_state_round_trips_through_a_safe_load(tmp_path):
+    cfg = recipe("optimizer=muon")
+    model = tiny_llama()
+    optimizer = build_optimizer(model, cfg)
+    for _ in range(2):
+        ids = torch.randint(1, 128, (2, 8))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.bin")
+    fresh = build_optimizer(model, cfg)
+    fresh.load_state_dict(torch.load(tmp_path / "optimizer.bin", weights_only=True))
+    for a, b in zip(optimizer.optimizers, fresh.optimizers):
+        assert a.state.keys() == b.state.keys()
+        for p in a.state:
+            for key, value in a.state[p].items():
+                assert torch.equal(value, b.state[p][key]), key
+    assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in optimizer.param_groups]
+
+
+def test_muon_resume_after_kill_9_ends_bit_identical(tmp_path):
+    args = ["pretrain", "--recipe", str(TINY), "optimizer=muon", "max_steps=30", "save_steps=5"]
+    reference = run_cli(*args, "--out", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-10" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "final").exists()
+
+    # The checkpoint's optimizer file holds both optimizers' state as plain tensors.
+    newest = max((p for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")),
+                 key=lambda p: int(p.name.split("-")[1]))
+    state = torch.load(newest / "optimizer.bin", weights_only=True)
+    adamw, muon = state["optimizers"]
+    assert {"exp_avg", "exp_avg_sq"} <= next(iter(adamw["state"].values())).keys()
+    assert all(set(s) == {"momentum_buffer"} for s in muon["state"].values()) and len(muon["state"]) == 2 * 7
+
+    resumed = run_cli(*args, "--out", out, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {newest}" in resumed.stdout + resumed.stderr
+    a = load_file(tmp_path / "reference" / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# ---- the time budget ------------------------------------------------------------------
+def test_time_budget_stops_with_a_finished_schedule_and_resumes_exactly(tmp_path):
+    args = ["pretrain", "--recipe", str(TINY), "max_train_minutes=0.1", "max_steps=100000", "lr_scheduler_type=wsd",
+            "eval_steps=100000", "save_steps=10", "keep_checkpoints=100", "logging_steps=1"]
+    out = tmp_path / "budget"
+    result = run_cli(*args, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    budget = run["budget"]
+    steps = budget["derived_max_steps"]
+    # Fixed after step 10 (the pace of steps 2..10; tiny's warmup is 5), one step more at the least.
+    assert budget["max_train_minutes"] == 0.1 and 10 < steps < 100000
+    assert run["steps"] == budget["steps"] == steps and budget["train_seconds"] == run["train_seconds"] > 0
+    assert budget["used"] == pytest.approx(run["train_seconds"] / 6)
+    assert f"training for {steps} steps" in result.stdout
+    train = read_metrics(out, "train")
+    assert train[-1]["step"] == steps and train[-1]["lr"] == 0.0  # the schedule ran to its end
+    assert max(r["lr"] for r in train) == pytest.approx(3e-3)
+    assert (out / "final" / "model.safetensors").is_file()
+
+    # A resumed run reuses the step count the interrupted one fixed, and takes the same steps.
+    k = 10  # the checkpoint of the step that fixed the count
+    state = json.loads((out / "checkpoints" / f"step-{k}" / "trainer_state.json").read_text())
+    assert state["budget_steps"] == steps
+    again = tmp_path / "again"
+    (again / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / f"step-{k}", again / "checkpoints" / f"step-{k}")
+    shutil.copy(out / "metrics.jsonl", again / "metrics.jsonl")
+    resumed = run_cli(*args, "--out", again, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((again / "run.json").read_text())["budget"]["derived_max_steps"] == steps
+    a = load_file(out / "final" / "model.safetensors")
+    b = load_file(again / "final" / "model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# ---- bad values -----------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("optimizer=sgdx", "recipe key 'optimizer' = 'sgdx' is invalid: it must be one of adamw, muon"),
+    ("max_train_minutes=-1", "recipe key 'max_train_minutes' = -1"),
+    ("max_train_minutes=0", "recipe key 'max_train_minutes' = 0"),
+    ("lr_scheduler_type=cosine_wiggle", "recipe key 'lr_scheduler_type' = 'cosine_wiggle' is invalid"),
+    ("decay_fraction=0", "recipe key 'decay_fraction' = 0"),
+    ("muon_momentum=1", "recipe key 'muon_momentum' = 1"),
+    # Found after two steps, from the measured pace: the warmup alone would overrun the budget.
+    ("max_train_minutes=0.001", "max_train_minutes=0.001 is shorter than the warmup: warmup_steps=1000"),
+])
+def test_bad_values_exit_2_with_one_line(override, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--recipe", str(TINY), "--out", str(out), "warmup_steps=1000", "max_steps=5000", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # The progress bar (cleared on the terminal with \r) is not a message: drop its frames.
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("train:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not (out / "checkpoints").exists() and not (out / "final").exists()
