@@ -33,6 +33,11 @@ VARIANTS = {
     "mean + head lr, 4 epochs, early stop": [*MEAN_DLR, *EARLY_STOP],
     "mean + head lr, early stop, wd 0.1, warmup 10%": [*MEAN_DLR, *EARLY_STOP, "weight_decay=0.1", "warmup_steps=90"],
     "mean + head lr, early stop, adapt 300": [*MEAN_DLR, *EARLY_STOP, "adapt_steps=300"],
+    "lr 1e-3": ["learning_rate=1e-3"],
+    "mean + head lr, body lr 1e-3": [*MEAN_DLR, "learning_rate=1e-3"],
+    "mean + head lr, body lr 1e-3, 4 epochs, early stop": [*MEAN_DLR, "learning_rate=1e-3", *EARLY_STOP],
+    "LP-FT (head alone 100 steps)": ["head_learning_rate=3e-3", "freeze_body_steps=100"],
+    "mean + LP-FT (head alone 100 steps)": [*MEAN_DLR, "freeze_body_steps=100"],
 }
 
 
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["emotion", "rotten_tomatoes"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
     parser.add_argument("--runs", default="runs/bench/transfer")
     parser.add_argument("--report", default="reports/bench/transfer")
     args = parser.parse_args()
@@ -54,7 +60,7 @@ def main() -> None:
                     out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
                     jobs.append(Job(task, out, [*VARIANTS[name], f"init={init}", f"seed={1337 + seed}"],
                                     {"variant": name, "init": init, "seed": 1337 + seed}))
-    rows = run_jobs(jobs, Path(args.ckpt))
+    rows = run_jobs(jobs, Path(args.ckpt), args.parallel)
     write(rows, args, Path(args.report))
 
 

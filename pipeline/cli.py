@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], choices=[100, 1000])
     c.add_argument("--runs", default="runs", help="where make all's runs are (the full-budget points)")
     c.add_argument("--out", default="runs/curves")
+    c.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time, each on cores/parallel threads")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every fine-tune")
 
     r = stages.add_parser("predict", help="print a fine-tuned model's prediction with its score")
@@ -133,7 +134,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         from pipeline.stages import curves
 
         ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
-        curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides)
+        curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides,
+                   args.parallel)
     elif args.stage == "predict":
         from pipeline.stages import predict
 

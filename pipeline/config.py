@@ -41,6 +41,9 @@ class TrainConfig:
     learning_rate: float = 3e-4  # the body's (top layer's) peak rate
     head_learning_rate: Optional[float] = None  # a new task head's peak rate; null = learning_rate
     layer_lr_decay: float = 1.0  # each body layer trains at this times the rate of the one above it
+    # Linear probing, then fine-tuning (LP-FT): for the first N steps only the head trains (the body's
+    # rate is 0), then the body warms up over warmup_steps. 0 = everything trains from the start.
+    freeze_body_steps: int = 0
     lr_scheduler_type: str = "cosine"  # any of SCHEDULERS; wsd = warmup, constant, then decay to 0
     warmup_steps: int = 0
     decay_fraction: float = 0.2  # wsd: the last share of the steps, decaying to 0 (1-sqrt shape)
@@ -82,7 +85,7 @@ class TrainConfig:
             _bad("head_learning_rate", self.head_learning_rate, "must be > 0, or null for learning_rate")
         if not 0 < self.layer_lr_decay <= 1:
             _bad("layer_lr_decay", self.layer_lr_decay, "must be in (0, 1]: 1 trains every layer at learning_rate")
-        for key in ("warmup_steps", "weight_decay", "max_grad_norm", "num_workers"):
+        for key in ("warmup_steps", "weight_decay", "max_grad_norm", "num_workers", "freeze_body_steps"):
             if getattr(self, key) < 0:
                 _bad(key, getattr(self, key), "must be >= 0")
         if self.max_steps == 0 or self.max_steps < -1:

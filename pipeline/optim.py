@@ -28,6 +28,7 @@ import warnings
 from collections import defaultdict
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
 from pipeline.config import TrainConfig
@@ -168,6 +169,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
         extra = {"num_decay_steps": decay, "decay_type": "1-sqrt", "warmup_type": "linear"}
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max_steps,
                               scheduler_specific_kwargs=extra)
+    if cfg.freeze_body_steps:
+        scheduler = _frozen_body_first(optimizer, scheduler.lr_lambdas[0], cfg.freeze_body_steps, cfg.warmup_steps)
     with warnings.catch_warnings():
         # torch warns that scheduler.step() ran before optimizer.step(): harmless here, since the
         # replay only moves the schedule to where the interrupted run left it.
@@ -175,3 +178,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
         for _ in range(done_steps):
             scheduler.step()
     return scheduler
+
+
+def _frozen_body_first(optimizer, schedule, frozen: int, warmup: int) -> LambdaLR:
+    """The head follows `schedule`; every other group trains at rate 0 for `frozen` steps, then
+    follows `schedule` with a warmup of its own, so the body never jumps to its peak rate."""
+    def body(step: int) -> float:
+        return 0.0 if step < frozen else schedule(step) * min(1.0, (step - frozen + 1) / max(1, warmup))
+
+    return LambdaLR(optimizer, [schedule if group.get("name") == "head" else body for group in optimizer.param_groups])

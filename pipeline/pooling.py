@@ -22,8 +22,18 @@ from pipeline.errors import PipelineError
 POOLINGS = ("last", "mean")
 
 
-def add_mean_pooling_layer(model) -> None:
-    """Append the mean-pooling layer to `model`'s body (in place) and record it in its config."""
+POOLED_TO_RESIDUAL = 2.0  # the mean's RMS over the last token's own residual RMS after calibration
+
+
+def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
+    """Append the mean-pooling layer to `model`'s body (in place) and record it in its config.
+
+    A pretrained residual stream is large (RMS ≈ 9 at the last token of the `cpu` checkpoint) while a
+    mean of normed states is about 0.3: added as is, the mean would be drowned out by the last
+    token's own state once the final norm rescales both. With a `calibration` batch (a few training
+    examples), the output projection is scaled so that the mean's RMS is POOLED_TO_RESIDUAL times the
+    residual's at the last tokens, and the head mostly reads the mean from the first step.
+    """
     body, config = model.base_model, model.config
     layers = getattr(body, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
@@ -36,6 +46,28 @@ def add_mean_pooling_layer(model) -> None:
     layer = type(layers[-1])(config, layer_idx=index)
     _init_as_mean(layer, config)
     layers.append(layer.to(next(body.parameters()).dtype))
+    if calibration is not None:
+        _calibrate(model, layer, calibration)
+
+
+@torch.no_grad()
+def _calibrate(model, layer, batch: dict) -> None:
+    seen = {}
+    hook = layer.register_forward_hook(
+        lambda module, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args else None),
+                                                      y=out[0] if isinstance(out, tuple) else out), with_kwargs=True)
+    was_training = model.training
+    model.eval()
+    try:
+        model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    rows = torch.arange(len(batch["input_ids"]))
+    last = batch["attention_mask"].sum(1) - 1  # right padding: the last real token of each row
+    x, y = seen["x"][rows, last].float(), seen["y"][rows, last].float()
+    residual, pooled = x.pow(2).mean(-1).sqrt().mean(), (y - x).pow(2).mean(-1).sqrt().mean()
+    layer.self_attn.o_proj.weight.mul_(POOLED_TO_RESIDUAL * residual / pooled)
 
 
 @torch.no_grad()

@@ -158,3 +158,43 @@ def test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, override, mes
     err = capsys.readouterr().err
     assert exit.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_frozen_body_first_then_its_own_warmup(tiny_pretrain):
+    """LP-FT: only the head moves for freeze_body_steps, then the body warms up instead of jumping."""
+    from pipeline.optim import build_scheduler
+
+    cfg = recipe("learning_rate=1e-3", "head_learning_rate=1e-2", "warmup_steps=4", "freeze_body_steps=10",
+                 "lr_scheduler_type=constant_with_warmup")
+    model, _ = load_head(tiny_pretrain / "final", TASKS["sst2"].head, "pretrained", 0, "sdpa", num_labels=2)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, max_steps=40)
+    rates = []
+    for _ in range(20):
+        rates.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    body = [r["depth-1"] for r in rates]
+    assert body[:10] == [0.0] * 10 and body[10] == pytest.approx(1e-3 / 4) and body[13:] == [pytest.approx(1e-3)] * 7
+    assert rates[4]["head"] == pytest.approx(1e-2) and all(r["head"] > 0 for r in rates[1:])
+
+
+def test_mean_pooling_calibration_makes_the_mean_outweigh_a_large_residual():
+    from pipeline.pooling import POOLED_TO_RESIDUAL
+
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=3, num_key_value_heads=1, pad_token_id=0, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(400)  # a residual stream as large as a pretrained one's
+    ids = torch.randint(1, 100, (8, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    add_mean_pooling_layer(model, calibration=batch)
+    layer, seen = model.model.layers[2], {}
+    layer.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args
+                                                                                      else None), y=out), with_kwargs=True)
+    model(**batch)
+    x, y = seen["x"][:, -1], (seen["y"][0] if isinstance(seen["y"], tuple) else seen["y"])[:, -1]
+    ratio = (y - x).pow(2).mean(-1).sqrt().mean() / x.pow(2).mean(-1).sqrt().mean()
+    assert ratio.item() == pytest.approx(POOLED_TO_RESIDUAL, rel=1e-3)

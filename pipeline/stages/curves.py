@@ -14,13 +14,13 @@ from pipeline.tasks import get_task
 
 
 def run(ckpt: Path, tasks: list[str] | None, runs: Path, out: Path, seeds: int = curves.SEEDS,
-        sizes=curves.SIZES, extra: list[str] = ()) -> Path:
+        sizes=curves.SIZES, extra: list[str] = (), parallel: int = 2) -> Path:
     inspect_model_folder(ckpt)  # a bad checkpoint or override fails here, before hours of work
     load_recipe(FinetuneConfig, None, list(extra))
     tasks = [get_task(t).name for t in tasks] if tasks else curves.classification_tasks()
     jobs = curves.plan(tasks, out, sizes, seeds, list(extra))
     rows = [{k: v for k, v in row.items() if k in ("task", "n", "init", "seed", "accuracy", "f1", "steps")}
-            for row in run_jobs(jobs, ckpt)]
+            for row in run_jobs(jobs, ckpt, parallel)]
     for task in tasks:
         recipe = Path("recipes/finetune") / f"{task}.yaml"
         rows += curves.tfidf_rows(task, recipe if recipe.is_file() else None, sizes, seeds)

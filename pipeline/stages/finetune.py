@@ -20,6 +20,8 @@ from pipeline.pooling import add_mean_pooling_layer
 from pipeline.tasks import get_task
 from pipeline.trainer import Trainer, make_accelerator
 
+CALIBRATION_EXAMPLES = 64  # training examples that set the mean-pooling layer's scale
+
 
 def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     task = get_task(task_name)
@@ -46,13 +48,14 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
                               log=acc.print)
     model, tokenizer = load_head(body, task.head, cfg.init, cfg.seed, cfg.attn_implementation,
                                  **task.head_config(labels))
-    if cfg.pooling == "mean":
-        add_mean_pooling_layer(model)
     with acc.main_process_first():
         train_features, train_info = task.preprocess(train_rows, tokenizer, cfg, hub_id, train_split, labels, True)
         eval_features, eval_info = task.preprocess(eval_rows, tokenizer, cfg, hub_id, eval_split, labels, False)
         if dev_rows is not None:
             dev_features, _ = task.preprocess(dev_rows, tokenizer, cfg, hub_id, train_split, labels, False)
+    if cfg.pooling == "mean":  # calibrated on the first training examples (the same for every process)
+        sample = task.collator(tokenizer)([train_features[i] for i in range(min(CALIBRATION_EXAMPLES, len(train_features)))])
+        add_mean_pooling_layer(model, calibration=sample)
     for split, info in ((train_split, train_info), (eval_split, eval_info)):
         if info.get("truncated"):
             acc.print(f"{split}: {info['truncated']:,} of {info['examples']:,} texts were longer than "
