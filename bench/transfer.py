@@ -19,7 +19,10 @@ from pathlib import Path
 from pipeline.sweep import Job, mean_sd, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-# name → overrides on top of the task's recipe. Later variants add to earlier ones where the name says so.
+# name → overrides on top of V1, the task's recipe as it was before this study (last-token head, one
+# rate 3e-4, one epoch, bf16, no dev split), whatever the recipe files say today.
+V1 = ["pooling=last", "head_learning_rate=null", "dev_fraction=0", "early_stopping_patience=0", "num_train_epochs=1",
+      "eval_steps=100000"]
 MEAN_DLR = ["pooling=mean", "head_learning_rate=3e-3"]
 EARLY_STOP = ["num_train_epochs=4", "dev_fraction=0.1", "early_stopping_patience=2", "eval_steps=100"]
 VARIANTS = {
@@ -58,7 +61,7 @@ def main() -> None:
             for init in ("pretrained", "scratch"):
                 for seed in range(args.seeds):
                     out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
-                    jobs.append(Job(task, out, [*VARIANTS[name], f"init={init}", f"seed={1337 + seed}"],
+                    jobs.append(Job(task, out, [*V1, *VARIANTS[name], f"init={init}", f"seed={1337 + seed}"],
                                     {"variant": name, "init": init, "seed": 1337 + seed}))
     rows = run_jobs(jobs, Path(args.ckpt), args.parallel)
     write(rows, args, Path(args.report))
