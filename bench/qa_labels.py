@@ -122,7 +122,8 @@ def main() -> None:
     changed = sum(training_answer(a) != 0 for a in examples["answers"])
 
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    q_len = [len(x) for x in tokenizer([q.lstrip() for q in examples["question"]], add_special_tokens=False)["input_ids"]]
+    questions = [q.lstrip() for q in examples["question"]]
+    q_len = [len(x) for x in tokenizer(questions, add_special_tokens=False)["input_ids"]]
     c_len = [len(x) for x in tokenizer(examples["context"], add_special_tokens=False)["input_ids"]]
     total = [n_special + q + c for q, c in zip(q_len, c_len)]
     answer_tokens = [r["tokens"] for r in records if r["labelled"]]
@@ -141,7 +142,8 @@ def main() -> None:
         f"`.venv/bin/python bench/qa_labels.py --max-length {args.max_length} --doc-stride {args.doc_stride}` on "
         f"{datetime.date.today().isoformat()}, {time.time() - t0:.0f} s.",
         "",
-        f"- data: `{DATASET}` split `{args.split}`: {len(rows):,} questions, {len(set(examples['context'])):,} contexts",
+        f"- data: `{DATASET}` split `{args.split}`: {len(rows):,} questions, "
+        f"{len(set(examples['context'])):,} contexts",
         f"- tokenizer: {which}; {len(tokenizer):,} tokens",
         f"- windows: max_length={args.max_length}, doc_stride={args.doc_stride} (`prepare_train_features`, "
         "the labels fine-tuning trains on)",
@@ -158,14 +160,16 @@ def main() -> None:
         f"| **round trip, SQuAD-normalised** (decoded span = answer) | {s['match']:,} | "
         f"**{pct(s['match'], s['labelled'])}** of labelled windows |",
         f"| round trip, character for character (after strip) | {s['exact']:,} | {pct(s['exact'], s['labelled'])} |",
-        f"| answers at word boundaries (recoverable by tokens) | {s['aligned']:,} | {pct(s['aligned'], s['labelled'])} |",
+        f"| answers at word boundaries (recoverable by tokens) | {s['aligned']:,} | "
+        f"{pct(s['aligned'], s['labelled'])} |",
         f"| round trip of those, SQuAD-normalised | {s['aligned_match']:,} | {pct(s['aligned_match'], s['aligned'])} |",
         "",
         "Which answer is trained on. The offline training data is SQuAD's dev set, with several answers per "
         "question; `training_answer` takes the text most annotators gave (ties: the first). "
         f"It differs from the first answer for {changed:,} questions ({pct(changed, len(rows))}). Labelled "
         "with the first answer instead, the same windows would round-trip "
-        f"{first_stats['match']:,} of {first_stats['labelled']:,} ({pct(first_stats['match'], first_stats['labelled'])}); "
+        f"{first_stats['match']:,} of {first_stats['labelled']:,} "
+        f"({pct(first_stats['match'], first_stats['labelled'])}); "
         "the first answer is sometimes a string search's first hit inside another number "
         "(\"5\" inside \"Super Bowl 50\" for \"How many solo tackles?\", where the others said \"five\").",
         "",
@@ -183,7 +187,8 @@ def main() -> None:
         "",
         "| per question | p50 | p90 | p99 | max |",
         "|---|---:|---:|---:|---:|",
-        f"| question + context + {n_special} special tokens | {p_total['p50']} | {p_total['p90']} | {p_total['p99']} | {p_total['max']} |",
+        f"| question + context + {n_special} special tokens | {p_total['p50']} | {p_total['p90']} | "
+        f"{p_total['p99']} | {p_total['max']} |",
         f"| question | {p_q['p50']} | {p_q['p90']} | {p_q['p99']} | {p_q['max']} |",
         f"| context | {p_c['p50']} | {p_c['p90']} | {p_c['p99']} | {p_c['max']} |",
         f"| answer (labelled span) | {p_ans['p50']} | {p_ans['p90']} | {p_ans['p99']} | {p_ans['max']} |",
