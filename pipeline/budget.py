@@ -46,7 +46,7 @@ class TimeBudget:
             return None
         if state.step == 1:
             state.first_step_seconds = state.train_seconds
-        if state.step == 2 and self.warmup_steps > 2:
+        if state.step == 2 and self.warmup_steps > 0:
             pace = state.train_seconds - state.first_step_seconds
             projected = self._slowest(state.first_step_seconds + (self.warmup_steps - 1) * pace)
             if projected > self.seconds:
