@@ -43,10 +43,11 @@ def adapt_body(texts: list[str], cfg: FinetuneConfig, ckpt: Path, out: Path, log
     order = np.random.default_rng(cfg.seed).permutation(len(blocks))
     train = torch.from_numpy(blocks[order[n_held:]].astype(np.int64))
     held = torch.from_numpy(blocks[order[:n_held]].astype(np.int64))
+    # An LM run of its own: adapt_steps is its budget, and it has no head to treat apart.
     lm_cfg = replace(cfg, max_steps=cfg.adapt_steps, learning_rate=cfg.adapt_learning_rate, head_learning_rate=None,
-                     layer_lr_decay=1.0, warmup_steps=min(cfg.warmup_steps, cfg.adapt_steps // 10),
-                     lr_scheduler_type="linear", eval_steps=cfg.adapt_steps, save_steps=min(cfg.save_steps, cfg.adapt_steps),
-                     group_by_length=False, overwrite=False)
+                     layer_lr_decay=1.0, freeze_body_steps=0, max_train_minutes=None, lr_scheduler_type="linear",
+                     warmup_steps=min(cfg.warmup_steps, cfg.adapt_steps // 10), eval_steps=cfg.adapt_steps,
+                     save_steps=min(cfg.save_steps, cfg.adapt_steps), group_by_length=False, overwrite=False)
     # Its own Accelerator: a checkpoint of the fine-tune that follows must not also hold this LM.
     acc = make_accelerator(lm_cfg, out)
     log(f"adapt: {cfg.adapt_steps} causal-LM steps on {len(train):,} blocks of {cfg.adapt_seq_len} tokens "
