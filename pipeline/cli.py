@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     e = stages.add_parser("evaluate", help="evaluate checkpoints; without --ckpt, every run, then the report")
     e.add_argument("--ckpt", nargs="+", help="model folders to evaluate (writes eval.json beside each)")
     e.add_argument("--runs", default="runs", help="with no --ckpt: evaluate every run under this folder")
-    e.add_argument("--report", default="reports", help="where the scoreboard and plots go")
+    e.add_argument("--report", default="runs/reports",
+                   help="where the scoreboard and plots go (the committed reports/ is make report-results)")
 
     g = stages.add_parser("generate", help="sample text from a causal-LM checkpoint")
     g.add_argument("--ckpt", help="model folder (default: the newest runs/pretrain/*/final)")

@@ -314,6 +314,8 @@ def _parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+            value = raw  # YAML 1.1 reads no/yes/on/off as booleans: mixed_precision=no means "no"
         node = result
         *parents, leaf = key.split(".")
         for part in parents:

@@ -163,7 +163,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             for name, text in self.run_files.items():
                 (self.out / name).write_text(text)
-            acc.init_trackers("tensorboard")
+            acc.init_trackers(checkpoint.TENSORBOARD)
 
         started, wall_before = time.perf_counter(), self.state.wall_seconds
         self._install_signal_handlers()
@@ -262,7 +262,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         row = {"step": self.state.step, "split": split, **values}
-        with open(self.out / "metrics.jsonl", "a") as f:
+        with open(self.out / checkpoint.METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
         scalars = {f"{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.acc.log(scalars, step=self.state.step)

@@ -37,6 +37,20 @@ def read_metrics(run: Path, split: str) -> list[dict]:
     return [r for r in rows if r["split"] == split]
 
 
+def reset_accelerate() -> None:
+    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain(tmp_path_factory) -> Path:
     """One tiny pretraining run on a slice of real Wikipedia; returns its run folder."""

@@ -148,16 +148,6 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-
-
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(bad, tmp_path, monkeypatch, capsys, name, argv, message):
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(bad["mirror"]))

@@ -22,16 +22,6 @@ from pipeline.config import SCHEDULERS, PretrainConfig, load_recipe
 from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-
-
 def tiny_llama(cls=transformers.LlamaForCausalLM, **extra):
     """The pipeline's shape of model (tied embeddings), three layers."""
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,

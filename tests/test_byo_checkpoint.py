@@ -35,15 +35,6 @@ HEADS = {"classifier": (AutoModelForSequenceClassification, {"num_labels": 2}),
          "qa": (AutoModelForQuestionAnswering, {})}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     squad = datasets.load_dataset(str(Path(os.environ["PIPELINE_DATA_DIR"]) / "local/squad_v1.1_dev_split"),

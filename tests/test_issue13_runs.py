@@ -19,16 +19,6 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-
-
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_resume_of_a_finished_run_is_bad_input(stage, tiny_pretrain, request, tmp_path, capsys):
     """Its last checkpoint is its last step: resuming it used to exit 0 and empty its eval.json."""

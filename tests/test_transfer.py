@@ -11,7 +11,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from conftest import FINETUNE_TINY
+from conftest import FINETUNE_TINY, reset_accelerate
 from pipeline.cli import main
 from pipeline.config import FinetuneConfig, load_recipe
 from pipeline.heads import load_head
@@ -20,16 +20,6 @@ from pipeline.pooling import add_mean_pooling_layer
 from pipeline.stages import finetune
 from pipeline.tasks import TASKS
 from pipeline.trainer import epoch_batches
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each CLI call is its own process in real use; in-process, reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
 
 
 def recipe(*overrides: str) -> FinetuneConfig:
@@ -129,9 +119,7 @@ def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, mo
         return hub_id, split, rows.map(lambda r: {"label": 1 - r["label"]})
 
     monkeypatch.setattr(type(task), "load", flipped)
-    from accelerate.state import AcceleratorState, PartialState
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
+    reset_accelerate()
     finetune.run("sst2", cfg, tiny_pretrain / "final", tmp_path / "b")
     a = load_file(tmp_path / "a" / "adapt" / "final" / "model.safetensors")
     b = load_file(tmp_path / "b" / "adapt" / "final" / "model.safetensors")

@@ -79,7 +79,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     else:
         watch = evaluate
     trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), watch, out, on_evaluate=stopper,
-                      run_files={"config.yaml": to_yaml(cfg)}, eval_split="dev" if dev_rows is not None else "eval")
+                      run_files={checkpoint.CONFIG_FILE: to_yaml(cfg)}, eval_split="dev" if dev_rows is not None else "eval")
     state = trainer.fit()
     best_step = None
     if stopper is not None:
@@ -90,7 +90,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if dev_rows is not None:  # the eval split is read once, now, by the weights that are kept
         metrics = evaluate(trainer.model)
         trainer.log(metrics, "eval")
-    checkpoint.save_final(acc, trainer.model, tokenizer, out / "final")
+    checkpoint.save_final(acc, trainer.model, tokenizer, out / checkpoint.FINAL)
 
     report = {
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
@@ -99,14 +99,14 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "metrics": metrics, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
-        "evaluation": {"model": str(out / "final"), "model_kind": task.model_kind,
-                       "fingerprint": checkpoint.fingerprint(out / "final"), "dataset": hub_id, "split": eval_split,
+        "evaluation": {"model": str(out / checkpoint.FINAL), "model_kind": task.model_kind,
+                       "fingerprint": checkpoint.fingerprint(out / checkpoint.FINAL), "dataset": hub_id, "split": eval_split,
                        **eval_info, "metrics": metrics, "precision": cfg.mixed_precision},
     }
     if acc.is_main_process:
-        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        (out / checkpoint.EVAL_FILE).write_text(json.dumps(report, indent=2))
         if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-            (out / "predictions.json").write_text(json.dumps(extras["predictions"], indent=1))
+            (out / checkpoint.PREDICTIONS_FILE).write_text(json.dumps(extras["predictions"], indent=1))
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         acc.print(f"saved {out / 'final'}; {eval_split}: {shown}")
     return report
