@@ -139,9 +139,9 @@ def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, mo
     ("early_stopping_patience=2", "needs a dev split to watch"),
     ("adapt_steps=-3", "must be >= 0"),
 ])
-def test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, override, message):
+def test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, override, message, task="sst2"):
     with pytest.raises(SystemExit) as exit:
-        main(["finetune", "--task", "sst2", "--recipe", str(FINETUNE_TINY), "--ckpt", str(tiny_pretrain / "final"),
+        main(["finetune", "--task", task, "--recipe", str(FINETUNE_TINY), "--ckpt", str(tiny_pretrain / "final"),
               "--out", str(tmp_path / "run"), override])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -186,3 +186,8 @@ def test_mean_pooling_calibration_makes_the_mean_outweigh_a_large_residual():
     x, y = seen["x"][:, -1], (seen["y"][0] if isinstance(seen["y"], tuple) else seen["y"])[:, -1]
     ratio = (y - x).pow(2).mean(-1).sqrt().mean() / x.pow(2).mean(-1).sqrt().mean()
     assert ratio.item() == pytest.approx(POOLED_TO_RESIDUAL, rel=1e-3)
+
+
+def test_mean_pooling_on_qa_exits_2(tiny_pretrain, tmp_path, capsys):
+    test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, "pooling=mean", "is for classification heads",
+                                  task="squad")

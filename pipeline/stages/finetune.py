@@ -15,6 +15,7 @@ from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
 from pipeline.early_stopping import EarlyStopping, split_dev
+from pipeline.errors import PipelineError
 from pipeline.heads import load_head
 from pipeline.pooling import add_mean_pooling_layer
 from pipeline.tasks import get_task
@@ -37,6 +38,9 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if cfg.dev_fraction:  # early stopping watches this seeded slice of train, never the eval split
         train_rows, dev_rows = split_dev(train_rows, cfg.dev_fraction, cfg.seed)
     checkpoint.inspect_model_folder(ckpt)  # a bad --ckpt fails here, before anything is written
+    if cfg.pooling != "last" and task.kind != "classification":
+        raise PipelineError(f"pooling={cfg.pooling} is for classification heads; {task.name} scores every token: "
+                            "use pooling=last")
 
     # All input is validated; from here on the output folder may be written.
     if acc.is_main_process and cfg.overwrite:
@@ -54,8 +58,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         if dev_rows is not None:
             dev_features, _ = task.preprocess(dev_rows, tokenizer, cfg, hub_id, train_split, labels, False)
     if cfg.pooling == "mean":  # calibrated on the first training examples (the same for every process)
-        sample = task.collator(tokenizer)([train_features[i] for i in range(min(CALIBRATION_EXAMPLES, len(train_features)))])
-        add_mean_pooling_layer(model, calibration=sample)
+        first = range(min(CALIBRATION_EXAMPLES, len(train_features)))
+        add_mean_pooling_layer(model, calibration=task.collator(tokenizer)([train_features[i] for i in first]))
     for split, info in ((train_split, train_info), (eval_split, eval_info)):
         if info.get("truncated"):
             acc.print(f"{split}: {info['truncated']:,} of {info['examples']:,} texts were longer than "
