@@ -38,8 +38,9 @@ def test_qa_end_to_end(tiny_qa):
     result = run_cli("predict", "--task", "squad", "--ckpt", tiny_qa / "final", "--question", "Who wrote it?",
                      "--context", "The book was written by John Smith in 1990.")
     assert result.returncode == 0, result.stderr
-    answer, score = result.stdout.strip().rsplit("\t", 1)
-    assert answer in "The book was written by John Smith in 1990." and float(score)
+    context = "The book was written by John Smith in 1990."
+    answer, score, start, end = result.stdout.strip().split("\t")  # text, score, character offsets
+    assert context[int(start):int(end)].strip() == answer and answer in context and float(score)
 
 
 @pytest.mark.parametrize("head", [AutoModelForSequenceClassification, AutoModelForQuestionAnswering])
