@@ -16,7 +16,10 @@ SHOW = ["--eval", "show-data-dir: ; @echo $$PIPELINE_DATA_DIR", "show-data-dir"]
 
 
 def _make(*args: str, env: dict | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_DATA_DIR", "DATA_DIR", "MAKEFLAGS")}
+    # As a user's shell would call make: under `make test`, MAKELEVEL and MAKEFLAGS would make this a
+    # sub-make (its messages then say "make[2]:").
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PIPELINE_DATA_DIR", "DATA_DIR", "MFLAGS") and not k.startswith("MAKE")}
     return subprocess.run(["make", "-s", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**base, **(env or {})}, timeout=timeout)
 
