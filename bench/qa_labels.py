@@ -174,6 +174,12 @@ def main() -> None:
         "(\"5\" inside \"Super Bowl 50\" for \"How many solo tackles?\", where the others said \"five\").",
         "",
     ]
+    forgiven = [r for r in records if r["labelled"] and r["match"] and not r["exact"]]
+    if forgiven:
+        lines += ["Round trips that differ character for character but not after normalisation "
+                  f"({len(forgiven)}; byte-level BPE keeps a run of punctuation in one token), for example:", ""]
+        lines += [f"- {r['answer']!r} → {r['decoded']!r}" for r in forgiven[:5]]
+        lines.append("")
     if mismatches:
         lines += [f"Labelled windows that do not round-trip ({len(mismatches)}; answer → decoded labels):", ""]
         lines += [f"- `{r['id']}`: {r['answer']!r} → {r['decoded']!r}"
