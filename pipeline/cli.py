@@ -28,19 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/pretrain/<recipe name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
-    f = stages.add_parser("finetune", help="fine-tune a task head from a pretrained checkpoint")
-    f.add_argument("--task", required=True)
-    f.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
-    f.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
-    f.add_argument("--out", help="default: runs/finetune/<task> (with init=scratch: <task>-scratch)")
-    f.add_argument("overrides", nargs="*", metavar="key=value")
-
-    b = stages.add_parser("probe", help="linear probes on a checkpoint's frozen hidden states, against random init")
-    b.add_argument("--task", required=True)
-    b.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
-    b.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml (its train/eval sample and max_length)")
-    b.add_argument("--out", help="default: runs/probe/<task>")
-    b.add_argument("overrides", nargs="*", metavar="key=value")
+    for name, help, out in (("finetune", "fine-tune a task head from a pretrained checkpoint",
+                             "runs/finetune/<task> (with init=scratch: <task>-scratch)"),
+                            ("probe", "linear probes on a checkpoint's frozen hidden states, against random init",
+                             "runs/probe/<task>")):
+        t = stages.add_parser(name, help=help)
+        t.add_argument("--task", required=True)
+        t.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+        t.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
+        t.add_argument("--out", help=f"default: {out}")
+        t.add_argument("overrides", nargs="*", metavar="key=value")
 
     c = stages.add_parser("curves", help="sample efficiency: every classification task at 100 and 1,000 labels")
     c.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
