@@ -16,6 +16,7 @@ import json
 import platform
 from pathlib import Path
 
+from pipeline.machine import cpu_model
 from pipeline.sweep import Job, mean_sd, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def main() -> None:
 
 def write(rows: list[dict], args, report: Path) -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model()}
+    machine = {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model()}
     report.with_suffix(".json").write_text(json.dumps({"machine": machine, "checkpoint": args.ckpt, "rows": rows},
                                                       indent=2))
     lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
@@ -95,16 +96,6 @@ def write(rows: list[dict], args, report: Path) -> None:
         lines.append("")
     report.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -174,6 +174,9 @@ class PretrainConfig(TrainConfig):
     holdout_documents: int = 50  # validation documents taken from train when a corpus has no eval split
     vocab_size: int = 8192
     tokenizer_documents: int = 2000  # documents the tokenizer is trained on
+    # Seeds the corpus mixture (which documents, in which order) and so the tokenizer and the validation
+    # documents. Kept apart from `seed` (weights, batch order): runs at two seeds score the same documents.
+    data_seed: int = 1337
     seq_len: int = 256
     doc_masking: bool = False  # attend only within each document of a packed block
     model: ModelConfig = field(default_factory=ModelConfig)

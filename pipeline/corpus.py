@@ -87,7 +87,7 @@ def build(cfg: PretrainConfig, log=print) -> PackedCorpus:
     """Load (or build and cache) the tokenizer and packed blocks for a pretraining recipe."""
     sources = cfg.sources()
     corpus_key = _hash({"sources": [asdict(s) for s in sources], "max_documents": cfg.max_documents,
-                        "holdout": cfg.holdout_documents, "seed": cfg.seed, "v": 1})
+                        "holdout": cfg.holdout_documents, "seed": cfg.data_seed, "v": 1})
     tok_key = _hash({"corpus": corpus_key, "vocab": cfg.vocab_size, "docs": cfg.tokenizer_documents})
     folder = cache_root() / f"corpus-{_hash({'tok': tok_key, 'seq_len': cfg.seq_len})}"
     if not (folder / "stats.json").is_file():
@@ -150,7 +150,7 @@ def _documents(cfg: PretrainConfig, sources: list[CorpusSource]) -> tuple[datase
         return trains[0], evals[0]
     weights = np.array([s.weight for s in sources], dtype=float)
     probs = (weights / weights.sum()).tolist()
-    mix = dict(probabilities=probs, seed=cfg.seed, stopping_strategy="first_exhausted")
+    mix = dict(probabilities=probs, seed=cfg.data_seed, stopping_strategy="first_exhausted")
     return datasets.interleave_datasets(trains, **mix), datasets.interleave_datasets(evals, **mix)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def test_loss_falls_and_outputs_are_written(tiny_pretrain):
     assert any((tiny_pretrain / "tensorboard").rglob("events.out.tfevents*"))
     assert [p.name for p in sorted((tiny_pretrain / "checkpoints").iterdir())] == ["step-50", "step-60"]
     assert (tiny_pretrain / "samples.jsonl").is_file()
+    machine = json.loads((tiny_pretrain / "run.json").read_text())["machine"]  # speeds compare per machine
+    assert machine["cpu_model"] and machine["torch_threads"] >= 1
 
 
 def test_final_reloads_and_generates(tiny_pretrain):
