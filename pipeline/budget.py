@@ -15,6 +15,14 @@ reuses it instead of measuring again, so it takes exactly the steps the uninterr
 have. The rates of steps 1..measure_at are those of the recipe's max_steps: the same as the final
 schedule's while they are warmup (measure_at <= warmup_steps), and with wsd, whose warmup and
 constant phases do not depend on the step count, in any case.
+
+4. with wsd only, the count is re-timed every `measure_at` steps until its decay begins, from the
+   pace since the last re-timing: a machine that slows down (other work, a noisy neighbour) would
+   otherwise overrun the budget by as much as it slowed (one 40-minute run was heading for 44).
+   Only the start of the decay moves, and only to a step not yet taken, so every rate already
+   used stays what it was; from the decay's first step on the count is locked. A run resumed in
+   the decay therefore takes exactly the steps the uninterrupted one did; one resumed before it
+   re-times the rest at its own pace.
 """
 
 from __future__ import annotations
@@ -24,26 +32,30 @@ import math
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.optim import is_wsd, wsd_decay_steps
 
 MEASURE_STEPS = 10  # the least number of steps the pace is measured over (plus the first, not counted)
 
 
 class TimeBudget:
-    def __init__(self, minutes: float, warmup_steps: int, accelerator=None):
+    def __init__(self, minutes: float, warmup_steps: int, accelerator=None, wsd_cfg=None):
         self.seconds = 60.0 * minutes
         self.minutes = minutes
         self.warmup_steps = warmup_steps
         self.measure_at = max(warmup_steps, MEASURE_STEPS)
         self.acc = accelerator
+        self.wsd_cfg = wsd_cfg  # the recipe when its schedule is wsd: the count is re-timed until the decay
 
     @classmethod
     def from_config(cls, cfg, accelerator=None) -> TimeBudget | None:
-        return cls(cfg.max_train_minutes, cfg.warmup_steps, accelerator) if cfg.max_train_minutes else None
+        if not cfg.max_train_minutes:
+            return None
+        return cls(cfg.max_train_minutes, cfg.warmup_steps, accelerator, cfg if is_wsd(cfg) else None)
 
     def after_step(self, state, max_steps: int) -> int | None:
-        """Called after every optimizer step: returns the run's step count once it is fixed, else None."""
+        """Called after every optimizer step: returns the run's step count when it is fixed or moved, else None."""
         if state.budget_steps:  # fixed earlier (maybe by the run this one resumes)
-            return None
+            return self._retime(state) if self.wsd_cfg is not None else None
         if state.step == 1:
             state.first_step_seconds = state.train_seconds
         if state.step == 2 and self.warmup_steps > 0:
@@ -63,7 +75,30 @@ class TimeBudget:
         left = self.seconds - self._slowest(state.train_seconds)
         steps = state.step + max(0, math.floor(left / max(pace, 1e-9)))
         state.budget_steps = min(max_steps, max(steps, state.step + 1))  # at least one step more: the last one
+        state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
         return state.budget_steps
+
+    def _retime(self, state) -> int | None:
+        """wsd: every measure_at steps until the decay begins, fix the count again from the recent pace."""
+        fixed = state.budget_steps
+        if state.step >= self._decay_start(fixed) or state.step - state.budget_retimed_step < self.measure_at:
+            return None
+        pace = self._slowest(state.train_seconds - state.budget_retimed_seconds) / (state.step - state.budget_retimed_step)
+        state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
+        left = self.seconds - self._slowest(state.train_seconds)
+        steps = state.step + max(0, math.floor(left / max(pace, 1e-9)))
+        if self.wsd_cfg.max_steps > 0:  # the recipe's max_steps stays the upper bound
+            steps = min(steps, self.wsd_cfg.max_steps)
+        while self._decay_start(steps) < state.step:  # the decay may start now at the earliest, never in the past
+            steps += 1
+        if steps == fixed:
+            return None
+        state.budget_steps = steps
+        return steps
+
+    def _decay_start(self, steps: int) -> int:
+        """The first step (schedule index) of the wsd decay in a run of `steps` steps."""
+        return steps - wsd_decay_steps(self.wsd_cfg, steps)
 
     def _slowest(self, seconds: float) -> float:
         """The largest value over all processes, so that every process fixes the same step count."""

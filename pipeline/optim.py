@@ -156,6 +156,15 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__}({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
+def is_wsd(cfg: TrainConfig) -> bool:
+    return cfg.lr_scheduler_type in ("wsd", "warmup_stable_decay")
+
+
+def wsd_decay_steps(cfg: TrainConfig, max_steps: int) -> int:
+    """How many of `max_steps` the wsd schedule spends decaying: the last decay_fraction of them."""
+    return min(max(1, round(cfg.decay_fraction * max_steps)), max(0, max_steps - cfg.warmup_steps))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int, done_steps: int = 0):
     """The recipe's schedule over `max_steps`, fast-forwarded to `done_steps` (a resumed run).
 
@@ -163,10 +172,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
     unpickling anything (accelerate would pickle a registered scheduler).
     """
     name, extra = cfg.lr_scheduler_type, None
-    if name in ("wsd", "warmup_stable_decay"):
+    if is_wsd(cfg):
         name = "warmup_stable_decay"
-        decay = min(max(1, round(cfg.decay_fraction * max_steps)), max(0, max_steps - cfg.warmup_steps))
-        extra = {"num_decay_steps": decay, "decay_type": "1-sqrt", "warmup_type": "linear"}
+        extra = {"num_decay_steps": wsd_decay_steps(cfg, max_steps), "decay_type": "1-sqrt", "warmup_type": "linear"}
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max_steps,
                               scheduler_specific_kwargs=extra)
     if cfg.freeze_body_steps:

@@ -52,6 +52,8 @@ class TrainState:
     wall_seconds: float = 0.0  # the whole loop with evaluation and saving, summed over resumed runs
     first_step_seconds: float = 0.0  # max_train_minutes: step 1's time (compilation), left out of the pace
     budget_steps: int = 0  # max_train_minutes: the step count fixed from measured pace (0 = not yet); kept on resume
+    budget_retimed_step: int = 0  # max_train_minutes with wsd: when the count was last re-timed (pipeline/budget.py)
+    budget_retimed_seconds: float = 0.0
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -124,6 +126,7 @@ class Trainer:
         self.last_eval: dict = {}
         self._stop_signal: int | None = None
         self._stop_early = False
+        self._budget_announced = False
 
     # ---- data -------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
@@ -254,7 +257,10 @@ class Trainer:
             self.max_steps = fixed  # the schedule now ends exactly there
             scheduler = build_scheduler(optimizer, self.cfg, fixed, self.state.step)
             bar.total = fixed
-            self.acc.print(f"max_train_minutes={self.cfg.max_train_minutes:g}: training for {fixed} steps")
+            bar.refresh()
+            if not self._budget_announced:  # later re-timings (wsd) only move the bar's end
+                self.acc.print(f"max_train_minutes={self.cfg.max_train_minutes:g}: training for {fixed} steps")
+                self._budget_announced = True
         return scheduler
 
     # ---- bookkeeping ------------------------------------------------------------------

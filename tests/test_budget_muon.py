@@ -19,7 +19,9 @@ from transformers.trainer_utils import SchedulerType
 from conftest import ROOT, TINY, read_metrics, run_cli
 from pipeline.cli import main
 from pipeline.config import SCHEDULERS, PretrainConfig, load_recipe
-from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler
+from pipeline.budget import TimeBudget
+from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler, wsd_decay_steps
+from pipeline.trainer import TrainState
 
 
 def tiny_llama(cls=transformers.LlamaForCausalLM, **extra):
@@ -165,14 +167,17 @@ def test_time_budget_stops_with_a_finished_schedule_and_resumes_exactly(tmp_path
     assert budget["max_train_minutes"] == 0.1 and 10 < steps < 100000
     assert run["steps"] == budget["steps"] == steps and budget["train_seconds"] == run["train_seconds"] > 0
     assert budget["used"] == pytest.approx(run["train_seconds"] / 6)
-    assert f"training for {steps} steps" in result.stdout
+    assert "max_train_minutes=0.1: training for" in result.stdout
     train = read_metrics(out, "train")
     assert train[-1]["step"] == steps and train[-1]["lr"] == 0.0  # the schedule ran to its end
     assert max(r["lr"] for r in train) == pytest.approx(3e-3)
     assert (out / "final" / "model.safetensors").is_file()
 
-    # A resumed run reuses the step count the interrupted one fixed, and takes the same steps.
-    k = 10  # the checkpoint of the step that fixed the count
+    # A run resumed in the decay reuses the step count the interrupted one locked, and takes the same
+    # steps (before the decay, wsd re-times the count at the resumed run's own pace).
+    decay_start = steps - wsd_decay_steps(recipe("lr_scheduler_type=wsd"), steps)
+    k = -(-decay_start // 10) * 10  # the first checkpoint in the decay (save_steps=10)
+    assert k < steps
     state = json.loads((out / "checkpoints" / f"step-{k}" / "trainer_state.json").read_text())
     assert state["budget_steps"] == steps
     again = tmp_path / "again"
@@ -186,6 +191,47 @@ def test_time_budget_stops_with_a_finished_schedule_and_resumes_exactly(tmp_path
     b = load_file(again / "final" / "model.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def simulate_budget(cfg: PretrainConfig, seconds_per_step) -> tuple[TrainState, list[tuple[int, int]]]:
+    """Drive TimeBudget as the trainer does, with made-up step times: (final state, [(step, count fixed)])."""
+    budget, state, max_steps, fixes = TimeBudget.from_config(cfg), TrainState(), cfg.max_steps, []
+    while state.step < max_steps:
+        state.step += 1
+        state.train_seconds += seconds_per_step(state.step)
+        fixed = budget.after_step(state, max_steps)
+        if fixed:
+            fixes.append((state.step, fixed))
+            max_steps = fixed
+    return state, fixes
+
+
+def test_wsd_budget_re_times_a_slowing_run_and_never_moves_a_rate_already_used():
+    """The machine halves its speed at step 200 (another job starts): wsd still ends at the budget."""
+    slows = lambda step: 5.0 if step == 1 else 0.1 if step <= 200 else 0.2  # noqa: E731 (step 1: compilation)
+    base = ["max_train_minutes=1", "max_steps=100000", "warmup_steps=0"]
+    cfg = recipe(*base, "lr_scheduler_type=wsd")
+    state, fixes = simulate_budget(cfg, slows)
+    first = fixes[0][1]
+    assert fixes[0][0] == 10 and abs(first - (10 + (60 - 5.9) / 0.1)) <= 1  # fixed from steps 2..10, as before
+    assert state.step == fixes[-1][1] < first  # moved down once the slowdown showed
+    assert 60 - 0.2 < state.train_seconds <= 60 + 10 * 0.1  # within one re-timing window of the budget
+    for (step, new), (_, old) in zip(fixes[1:], fixes):
+        # Only the start of the decay moves, and never to a step already taken.
+        start_old, start_new = (n - wsd_decay_steps(cfg, n) for n in (old, new))
+        assert step < start_old and step <= start_new
+    # Cosine cannot move its end without changing rates already used: it keeps its first count and overruns.
+    cosine, cosine_fixes = simulate_budget(recipe(*base, "lr_scheduler_type=cosine"), slows)
+    assert len(cosine_fixes) == 1 and cosine.train_seconds > 80
+
+
+def test_wsd_budget_locks_the_count_once_the_decay_has_begun():
+    cfg = recipe("max_train_minutes=1", "max_steps=100000", "warmup_steps=0", "lr_scheduler_type=wsd")
+    # Steady (about 600 steps, decay from about step 480), then three times slower from step 500.
+    state, fixes = simulate_budget(cfg, lambda step: 0.1 if step <= 500 else 0.3)
+    final = fixes[-1][1]
+    assert abs(final - 600) <= 1 and state.step == final  # the slowdown inside the decay moved nothing
+    assert all(step < final - wsd_decay_steps(cfg, final) for step, _ in fixes)  # every re-timing came before it
 
 
 # ---- bad values -----------------------------------------------------------------------
