@@ -36,7 +36,7 @@ ARGS ?=
 REPORT ?= runs/reports
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer clean
+.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling clean
 
 install:
 	python3 -m venv .venv
@@ -103,6 +103,10 @@ bench-profile:
 
 bench-transfer:
 	$(PY) bench/transfer.py $(ARGS)
+
+# Model shape and optimizer at a fixed time budget (issue: more language model per CPU-hour).
+bench-scaling:
+	$(PY) bench/scaling.py $(ARGS)
 
 bench-loss:
 	$(PY) bench/lm_head_loss.py

@@ -1,8 +1,9 @@
-"""Run many fine-tunes (a study, a learning curve) as separate processes, resumably.
+"""Run many training runs (a study, a learning curve) as separate processes, resumably.
 
-Each job is one `python -m pipeline finetune` into its own folder, exactly as a user would run
-it; a job whose eval.json exists is read back instead of rerun, so a killed study continues
-where it stopped. Results come back as flat rows for tables and plots.
+Each job is one `python -m pipeline finetune` (or `pretrain`, for a job with a recipe and no task)
+into its own folder, exactly as a user would run it; a job whose result file (eval.json, run.json)
+exists is read back instead of rerun, so a killed study continues where it stopped. Results come
+back as flat rows for tables and plots.
 """
 
 from __future__ import annotations
@@ -23,13 +24,25 @@ from pipeline.errors import PipelineError
 
 @dataclass
 class Job:
-    task: str
+    task: str | None  # None: a pretraining job, from `recipe`
     out: Path
     overrides: list[str] = field(default_factory=list)
     labels: dict = field(default_factory=dict)  # what the study varies, copied into the result row
+    recipe: str | None = None
+
+    @property
+    def result_file(self) -> Path:
+        return self.out / ("run.json" if self.task is None else "eval.json")
+
+    def command(self, ckpt: Path | None) -> list[str]:
+        if self.task is None:
+            stage = ["pretrain", "--recipe", str(self.recipe)]
+        else:
+            stage = ["finetune", "--task", self.task, "--ckpt", str(ckpt)]
+        return [sys.executable, "-m", "pipeline", *stage, "--out", str(self.out), "overwrite=true", *self.overrides]
 
 
-def run_jobs(jobs: list[Job], ckpt: Path, parallel: int = 1) -> list[dict]:
+def run_jobs(jobs: list[Job], ckpt: Path | None = None, parallel: int = 1, row=None) -> list[dict]:
     """Run the jobs (`parallel` at a time, each on cores / parallel threads) and return their result rows.
 
     Small fine-tunes are bound by per-step Python overhead, which one thread runs: two one-thread
@@ -38,22 +51,22 @@ def run_jobs(jobs: list[Job], ckpt: Path, parallel: int = 1) -> list[dict]:
     env = os.environ.copy()
     if parallel > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    todo = [job for job in jobs if not (job.out / "eval.json").is_file()]
-    bar = tqdm(total=len(todo), desc=f"fine-tunes ({len(jobs) - len(todo)} already done)", dynamic_ncols=True)
+    todo = [job for job in jobs if not job.result_file.is_file()]
+    bar = tqdm(total=len(todo), desc=f"runs ({len(jobs) - len(todo)} already done)", dynamic_ncols=True)
 
     def run(job: Job) -> None:
-        cmd = [sys.executable, "-m", "pipeline", "finetune", "--task", job.task, "--ckpt", str(ckpt),
-               "--out", str(job.out), "overwrite=true", *job.overrides]
+        cmd = job.command(ckpt)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise PipelineError(f"fine-tune failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+            raise PipelineError(f"run failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
         bar.update(1)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in [pool.submit(run, job) for job in todo]:
             future.result()  # the first failure stops the study with its message
     bar.close()
-    return [result_row(job, json.loads((job.out / "eval.json").read_text())) for job in jobs]
+    row = row or result_row
+    return [row(job, json.loads(job.result_file.read_text())) for job in jobs]
 
 
 def result_row(job: Job, report: dict) -> dict:

@@ -1,0 +1,37 @@
+"""make bench-scaling: time-budgeted pretraining runs side by side, a table, a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, TINY
+
+
+def test_scaling_bench_runs_budgeted_variants_and_reports_them(tmp_path):
+    runs, report = tmp_path / "runs", tmp_path / "scaling"
+    cmd = [sys.executable, "bench/scaling.py", "--recipe", str(TINY), "--minutes", "0.05", "--runs", str(runs),
+           "--report", str(report), "--variants", "baseline", "256x4 muon",
+           "warmup_steps=2", "model.hidden_size=64", "model.num_heads=2", "eval_steps=10"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = json.loads(report.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["baseline", "256x4 muon"]
+    for row in rows:
+        assert math.isfinite(row["bits_per_byte"]) and row["tokens"] > 0
+        run = json.loads((Path(row["run"]) / "run.json").read_text())
+        assert run["budget"]["max_train_minutes"] == 0.05  # every row trained for the same time budget
+    configs = [yaml.safe_load((runs / name / "config.yaml").read_text()) for name in ("baseline-0.05min",
+                                                                                       "256x4-muon-0.05min")]
+    assert [c["optimizer"] for c in configs] == ["adamw", "muon"]
+    assert [c["model"]["num_layers"] for c in configs] == [6, 4]  # the variant's depth, the override's width
+    assert [c["model"]["hidden_size"] for c in configs] == [64, 64]
+    table = report.with_suffix(".md").read_text()
+    assert "| old default: 384×6, AdamW + cosine |" in table and "+0.000 |" in table
+    assert report.with_suffix(".png").stat().st_size > 10_000
