@@ -66,6 +66,11 @@ def clear_run_dir(out: Path) -> None:
             path.unlink()
 
 
+def read_json(path: Path) -> dict:
+    """A run's JSON file (run.json, eval.json, a baseline), or {} when the run has not written it."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def checkpoints(out: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
     root = out / CHECKPOINTS

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.baselines import tfidf_lr
+from pipeline.checkpoint import read_json
 from pipeline.config import FinetuneConfig, load_recipe
 from pipeline.sweep import Job
 from pipeline.tasks import TASKS
@@ -67,11 +68,11 @@ def full_budget_rows(runs: Path, baselines: Path, tasks: list[str]) -> list[dict
     rows = []
     for task in tasks:
         for init, folder in (("pretrained", task), ("scratch", f"{task}-scratch")):
-            report = _json(runs / folder / "eval.json")
+            report = read_json(runs / folder / "eval.json")
             if report.get("metrics"):
                 n = report["train"]["examples"] + report.get("dev_examples", 0)
                 rows.append({"task": task, "n": n, "init": init, "seed": None, **report["metrics"]})
-        base = _json(baselines / f"{task}.json")
+        base = read_json(baselines / f"{task}.json")
         if base:
             rows.append({"task": task, "n": base["train_examples"], "init": "TF-IDF + LR", "seed": None,
                          **base["tfidf_lr"]})
@@ -130,5 +131,3 @@ def figure(cells: dict) -> Figure:
     return fig
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -25,6 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from pipeline.inference import length_ordered_batches
+
 POOLINGS = ("last", "mean")
 # A fixed, mild regularisation: no tuning, since the probe is scored on the eval split.
 PROBE_C = 1.0
@@ -42,14 +44,11 @@ def pooled_hidden_states(body, features, collate, batch_size: int, device: torch
     so a batch wastes little on padding.
     """
     body.eval()
-    inputs = features.select_columns(["input_ids", "attention_mask"])
-    lengths = np.array([len(ids) for ids in inputs["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
+    inputs, lengths, batches = length_ordered_batches(features, batch_size)
     shape = (body.config.num_hidden_layers + 1, len(lengths), body.config.hidden_size)
     pooled = {p: np.zeros(shape, np.float32) for p in POOLINGS}
     with tqdm(total=len(lengths), desc=desc, unit="text") as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batches:
             batch = {k: v.to(device) for k, v in collate([inputs[int(i)] for i in idx]).items()}
             states = torch.stack(body(**batch, output_hidden_states=True).hidden_states).float()  # [S, B, T, H]
             mask = batch["attention_mask"].bool()

@@ -9,6 +9,14 @@ from accelerate.utils import gather_object
 
 
 @torch.no_grad()
+def length_ordered_batches(features, batch_size: int):
+    """(inputs, lengths, batches of row indices): rows longest first, so a batch wastes little on padding."""
+    inputs = features.select_columns(["input_ids", "attention_mask"])
+    lengths = np.array([len(ids) for ids in inputs["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
+    return inputs, lengths, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def run_model(model, features, collate, accelerator: Accelerator, batch_size: int,
               outputs: tuple[str, ...] = ("logits",), per_token: bool = False) -> dict[str, list[np.ndarray]]:
     """Per-row outputs in dataset order; per-token outputs are trimmed to each row's length.
@@ -18,10 +26,7 @@ def run_model(model, features, collate, accelerator: Accelerator, batch_size: in
     """
     was_training = model.training
     model.eval()
-    inputs = features.select_columns(["input_ids", "attention_mask"])
-    lengths = np.array([len(ids) for ids in inputs["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    inputs, lengths, batches = length_ordered_batches(features, batch_size)
     mine = []
     for batch_idx in batches[accelerator.process_index::accelerator.num_processes]:
         batch = collate([inputs[int(i)] for i in batch_idx])

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, renders with
 from pipeline import curves
 
 from pipeline.baselines import MODELS as BASELINES
+from pipeline.checkpoint import read_json
 from pipeline.tasks import TASKS
 
 DASH = "—"
@@ -64,8 +65,8 @@ def _pretrain_section(runs: dict[str, Path], out: Path) -> list[str]:
              "| run | parameters | tokens seen | training time | wall time | tokens/s | val loss | perplexity | bits/byte |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
-        summary = _json(run / "run.json")
-        metrics = _json(run / "eval.json").get("evaluation", {}).get("metrics", {})
+        summary = read_json(run / "run.json")
+        metrics = read_json(run / "eval.json").get("evaluation", {}).get("metrics", {})
         lines.append(f"| {name} | {_count(summary.get('parameters'))} | {_count(summary.get('tokens'))} | "
                      f"{_duration(summary.get('train_seconds'))} | {_duration(summary.get('wall_seconds'))} | "
                      f"{_num(summary.get('tokens_per_s'), 0)} | "
@@ -127,7 +128,7 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
             lines += ["", "The interval is a 95% bootstrap over the eval examples (1,000 resamples of the confusion "
                           "matrix): two runs whose intervals overlap widely are not told apart by this eval set."]
         lines.append("")
-    sources = sorted({_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
+    sources = sorted({read_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
                       if not name.endswith("-scratch")} - {None})
     if sources:
         lines += [f"Pretrained rows start from {', '.join(f'`{s}`' for s in sources)}.", ""]
@@ -141,14 +142,14 @@ def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path
     scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
     rows = {}
     for init, folder in (("pretrained", name), ("scratch", f"{name}-scratch")):
-        record = _json(runs[folder] / "eval.json") if folder in runs else {}
+        record = read_json(runs[folder] / "eval.json") if folder in runs else {}
         evaluation = record.get("evaluation", {})
         metrics = evaluation.get("metrics", {})
         interval = bootstrap_accuracy(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else None
         rows[init] = (_scaled(metrics.get(key), scale), _scaled(metrics.get(key2), scale),
                       evaluation.get("examples"), record.get("train_seconds"), record.get("wall_seconds"), interval)
     if family == "classification":
-        baselines = _json(baseline_dir / f"{name}.json")
+        baselines = read_json(baseline_dir / f"{name}.json")
         for model, label in BASELINES.items():
             scores = baselines.get(model, {})
             rows[label] = (_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale),
@@ -228,9 +229,6 @@ def _anchor_section() -> list[str]:
 
 
 # ---- reading and formatting ---------------------------------------------------------------------
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
 
 def _curves(run: Path) -> dict[str, list[dict]]:
     """metrics.jsonl rows by split, one per step: a run restarted before its first checkpoint logs them again."""
