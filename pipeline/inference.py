@@ -8,7 +8,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 
-@torch.no_grad()
 def length_ordered_batches(features, batch_size: int):
     """(inputs, lengths, batches of row indices): rows longest first, so a batch wastes little on padding."""
     inputs = features.select_columns(["input_ids", "attention_mask"])
@@ -17,6 +16,7 @@ def length_ordered_batches(features, batch_size: int):
     return inputs, lengths, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+@torch.no_grad()
 def run_model(model, features, collate, accelerator: Accelerator, batch_size: int,
               outputs: tuple[str, ...] = ("logits",), per_token: bool = False) -> dict[str, list[np.ndarray]]:
     """Per-row outputs in dataset order; per-token outputs are trimmed to each row's length.

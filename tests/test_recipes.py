@@ -73,3 +73,16 @@ def test_cli_bad_input_exits_2_and_touches_nothing(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"] and keep.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("recipe", sorted((TINY.parent).glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_pretrain_recipe_validates(recipe):
+    cfg = load_recipe(PretrainConfig, recipe, [])
+    assert cfg.name == recipe.stem
+
+
+def test_default_recipe_trains_within_its_40_minute_promise():
+    """make pretrain is sold as a 40-minute run: the time budget, not a step count, has to hold it there."""
+    cfg = load_recipe(PretrainConfig, TINY.parent / "cpu.yaml", [])
+    assert cfg.max_train_minutes is not None and cfg.max_train_minutes <= 40
+    assert cfg.max_steps > 10 * cfg.warmup_steps  # an upper bound, not the limit that binds

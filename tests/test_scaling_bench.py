@@ -15,9 +15,9 @@ from conftest import ROOT, TINY
 
 def test_scaling_bench_runs_budgeted_variants_and_reports_them(tmp_path):
     runs, report = tmp_path / "runs", tmp_path / "scaling"
-    cmd = [sys.executable, "bench/scaling.py", "--recipe", str(TINY), "--minutes", "0.05", "--runs", str(runs),
-           "--report", str(report), "--variants", "baseline", "256x4 muon",
-           "warmup_steps=2", "model.hidden_size=64", "model.num_heads=2", "eval_steps=10"]
+    cmd = [sys.executable, "bench/scaling.py", "--recipe", str(TINY), "--minutes", "0.1", "--runs", str(runs),
+           "--report", str(report), "warmup_steps=0", "model.hidden_size=64", "model.num_heads=2", "eval_steps=10",
+           "--variants", "baseline", "256x4 muon"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -26,9 +26,9 @@ def test_scaling_bench_runs_budgeted_variants_and_reports_them(tmp_path):
     for row in rows:
         assert math.isfinite(row["bits_per_byte"]) and row["tokens"] > 0
         run = json.loads((Path(row["run"]) / "run.json").read_text())
-        assert run["budget"]["max_train_minutes"] == 0.05  # every row trained for the same time budget
-    configs = [yaml.safe_load((runs / name / "config.yaml").read_text()) for name in ("baseline-0.05min",
-                                                                                       "256x4-muon-0.05min")]
+        assert run["budget"]["max_train_minutes"] == 0.1  # every row trained for the same time budget
+    configs = [yaml.safe_load((runs / name / "config.yaml").read_text()) for name in ("baseline-0.1min",
+                                                                                       "256x4-muon-0.1min")]
     assert [c["optimizer"] for c in configs] == ["adamw", "muon"]
     assert [c["model"]["num_layers"] for c in configs] == [6, 4]  # the variant's depth, the override's width
     assert [c["model"]["hidden_size"] for c in configs] == [64, 64]
