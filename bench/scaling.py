@@ -85,7 +85,6 @@ def main() -> None:
 
 def result_row(job: Job, run: dict) -> dict:
     curve = [json.loads(line) for line in (job.out / "metrics.jsonl").read_text().splitlines()]
-    tokens_at = {r["step"]: r["tokens"] for r in curve if r["split"] == "train" and "tokens" in r}
     per_step = run["tokens"] / max(run["steps"], 1)
     evals = [(r["step"] * per_step, r["bits_per_byte"]) for r in curve if r["split"] == "eval"]
     return {**job.labels, "parameters": run["parameters"], "non_embedding_parameters": run["non_embedding_parameters"],
@@ -93,7 +92,7 @@ def result_row(job: Job, run: dict) -> dict:
             "train_seconds": run["train_seconds"], "tokens_per_s": run["tokens_per_s"],
             "bits_per_byte": run["eval"]["bits_per_byte"], "loss": run["eval"]["loss"],
             "tokens_per_parameter": run["tokens"] / run["parameters"], "eval_curve": evals,
-            "logged_steps": len(tokens_at), "run": str(job.out)}
+            "run": str(job.out)}
 
 
 def optimum(rows: list[dict]) -> float | None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
-from pipeline.machine import cpu_model
+from pipeline.machine import describe
 from pipeline.sweep import Job, mean_sd, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def main() -> None:
 
 def write(rows: list[dict], args, report: Path) -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model()}
+    machine = describe()
     report.with_suffix(".json").write_text(json.dumps({"machine": machine, "checkpoint": args.ckpt, "rows": rows},
                                                       indent=2))
     lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",

@@ -72,9 +72,7 @@ class TimeBudget:
             return None
         measured = state.step - 1 if state.first_step_seconds else state.step
         pace = self._slowest((state.train_seconds - state.first_step_seconds) / max(1, measured))
-        left = self.seconds - self._slowest(state.train_seconds)
-        steps = state.step + max(0, math.floor(left / max(pace, 1e-9)))
-        state.budget_steps = min(max_steps, max(steps, state.step + 1))  # at least one step more: the last one
+        state.budget_steps = min(max_steps, max(self._steps_that_fit(state, pace), state.step + 1))  # at least one step more: the last one
         state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
         return state.budget_steps
 
@@ -85,8 +83,7 @@ class TimeBudget:
             return None
         pace = self._slowest(state.train_seconds - state.budget_retimed_seconds) / (state.step - state.budget_retimed_step)
         state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
-        left = self.seconds - self._slowest(state.train_seconds)
-        steps = state.step + max(0, math.floor(left / max(pace, 1e-9)))
+        steps = self._steps_that_fit(state, pace)
         if self.wsd_cfg.max_steps > 0:  # the recipe's max_steps stays the upper bound
             steps = min(steps, self.wsd_cfg.max_steps)
         while self._decay_start(steps) < state.step:  # the decay may start now at the earliest, never in the past
@@ -95,6 +92,11 @@ class TimeBudget:
             return None
         state.budget_steps = steps
         return steps
+
+    def _steps_that_fit(self, state, pace: float) -> int:
+        """The step count at which the budget runs out if the steps left go at `pace` seconds each."""
+        left = self.seconds - self._slowest(state.train_seconds)
+        return state.step + max(0, math.floor(left / max(pace, 1e-9)))
 
     def _decay_start(self, steps: int) -> int:
         """The first step (schedule index) of the wsd decay in a run of `steps` steps."""

@@ -229,7 +229,6 @@ def _anchor_section() -> list[str]:
 
 
 # ---- reading and formatting ---------------------------------------------------------------------
-
 def _curves(run: Path) -> dict[str, list[dict]]:
     """metrics.jsonl rows by split, one per step: a run restarted before its first checkpoint logs them again."""
     rows: dict[tuple[str, int], dict] = {}
