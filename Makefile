@@ -34,6 +34,8 @@ CKPT ?=
 ARGS ?=
 # Where `make evaluate` and `make all` write the scoreboard; the committed reports/ is `make report-results`.
 REPORT ?= runs/reports
+# Fine-tuning seeds of `make all`: the scoreboard shows means over them (seeds move small-data scores by points).
+SEEDS ?= 1337 1338 1339
 opt = $(if $(2),$(1) $(2))
 
 .PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling clean
@@ -73,8 +75,9 @@ predict:
 generate:
 	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))
 
-# The whole study: pretrain the cpu recipe, fine-tune every task from it and from scratch, evaluate,
-# report. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
+# The whole study: pretrain the cpu recipe, fine-tune every task from it and from scratch at each of
+# SEEDS (the first in runs/finetune/<task>, the others in <task>-seed<N>; SQuAD at the first only),
+# evaluate, report. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
 all:
 	@set -e; \
 	stage() { out=$$1; shift; \
@@ -82,10 +85,15 @@ all:
 	  else $(LAUNCH) pipeline "$$@" $$(test -d $$out/checkpoints && echo resume=true); fi; }; \
 	ckpt=runs/pretrain/cpu; \
 	stage $$ckpt pretrain --recipe recipes/pretrain/cpu.yaml --out $$ckpt; \
+	first=$(firstword $(SEEDS)); \
 	for task in $$($(PY) -c 'from pipeline.tasks import TASKS; print(*TASKS)'); do \
-	  stage runs/finetune/$$task finetune --task $$task --ckpt $$ckpt/final --out runs/finetune/$$task; \
-	  stage runs/finetune/$$task-scratch finetune --task $$task --ckpt $$ckpt/final \
-	    --out runs/finetune/$$task-scratch init=scratch; \
+	  seeds="$(SEEDS)"; [ $$task = squad ] && seeds=$$first; \
+	  for seed in $$seeds; do \
+	    run=runs/finetune/$$task$$([ $$seed = $$first ] || echo -seed$$seed); \
+	    stage $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed; \
+	    run=runs/finetune/$$task-scratch$$([ $$seed = $$first ] || echo -seed$$seed); \
+	    stage $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed init=scratch; \
+	  done; \
 	done
 	$(PY) -m pipeline evaluate --report $(REPORT)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
@@ -103,58 +104,99 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
     lines = ["## Fine-tuning", "",
              "Each task is fine-tuned from the pretrained checkpoint and, as the control, from random weights "
              "(init=scratch) with the same recipe; the gain is pretrained minus scratch on the headline metric, "
-             "in points. Baselines train on the task's full train split. " + TIMES, ""]
+             "in points. A task fine-tuned at several seeds (`<task>-seed<N>` folders beside `<task>`; the seed "
+             "changes the head's init, the training sample and the data order) shows the mean over its seeds, "
+             "and the sd between them. Baselines train on the task's full train split. " + TIMES, ""]
     bars: dict[str, dict[str, float]] = {}  # task → model → headline metric
     for family, title in (("classification", "Classification"), ("qa", "Extractive QA")):
         (_, label), (_, label2) = METRICS[family]
         lines += [f"### {title}", "",
-                  f"| task | model | {label} | 95% interval | {label2} | gain from pretraining | eval examples | "
-                  "training time | wall time |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| task | model | {label} | sd (seeds) | 95% interval | {label2} | gain from pretraining | "
+                  "eval examples | training time | wall time |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        gains = {}
         for name in (n for n, t in TASKS.items() if t.kind == family):
             rows = {model: row for model, row in _task_rows(name, family, runs, baseline_dir).items()
-                    if any(v is not None for v in row)}
+                    if row.score is not None}
             if not rows:
-                lines.append(f"| {name} |" + f" {DASH} |" * 8)
+                lines.append(f"| {name} |" + f" {DASH} |" * 9)
                 continue
-            pre, scratch = (rows.get(init, (None,))[0] for init in ("pretrained", "scratch"))
-            gain = DASH if pre is None or scratch is None else f"{pre - scratch:+.1f}"
-            for model, (score, score2, examples, train, wall, interval) in rows.items():
-                lines.append(f"| {name} | {model} | {_num(score, 1)} | {_interval_text(interval)} | {_num(score2, 1)} | "
-                             f"{gain if model == 'pretrained' else ''} | {_count(examples, exact=True)} | "
-                             f"{_duration(train)} | {_duration(wall)} |")
-            bars[name] = {model: row[0] for model, row in rows.items() if row[0] is not None}
+            pre, scratch = (rows[init].score if init in rows else None for init in ("pretrained", "scratch"))
+            if pre is not None and scratch is not None:
+                gains[name] = pre - scratch
+            for model, row in rows.items():
+                spread = DASH if row.seeds == 0 else f"{_num(row.sd, 1)} ({row.seeds})"
+                gain = f"{gains[name]:+.1f}" if model == "pretrained" and name in gains else ""
+                lines.append(f"| {name} | {model} | {_num(row.score, 1)} | {spread} | {_interval_text(row.interval)} | "
+                             f"{_num(row.score2, 1)} | {gain} | {_count(row.examples, exact=True)} | "
+                             f"{_duration(row.train_seconds)} | {_duration(row.wall_seconds)} |")
+            bars[name] = {model: row.score for model, row in rows.items()}
         if family == "classification":
             lines += ["", "The interval is a 95% bootstrap over the eval examples (1,000 resamples of the confusion "
-                          "matrix): two runs whose intervals overlap widely are not told apart by this eval set."]
+                          "matrix) of the run at the recipe's seed: two runs whose intervals overlap widely are not "
+                          "told apart by this eval set. Times are per run, averaged over seeds."]
+            if gains:
+                lines += ["", f"**Mean gain from pretraining over {len(gains)} classification tasks: "
+                              f"{sum(gains.values()) / len(gains):+.1f} points** (worst: {min(gains.values()):+.1f}, "
+                              f"{min(gains, key=gains.get)})."]
         lines.append("")
     sources = sorted({read_json(run / "eval.json").get("checkpoint") for name, run in runs.items()
-                      if not name.endswith("-scratch")} - {None})
+                      if "-scratch" not in name} - {None})
     if sources:
         lines += [f"Pretrained rows start from {', '.join(f'`{s}`' for s in sources)}.", ""]
     return lines + _loss_plot(runs, out) + [""] + _bar_chart(bars, out)
 
 
-def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, tuple]:
-    """model → (headline metric, second metric, eval examples, train seconds, wall seconds, 95% interval of the
-    headline metric or None); scores in percent."""
+class Row(NamedTuple):
+    """One model's line of a task: scores in percent, means over seeds where a run has several."""
+    score: float | None
+    score2: float | None
+    seeds: int  # fine-tuned runs behind the means (0 for a baseline)
+    sd: float | None  # between seeds; None for one seed
+    examples: int | None
+    train_seconds: float | None
+    wall_seconds: float | None
+    interval: tuple[float, float] | None  # 95% bootstrap of the recipe-seed run's headline metric
+
+
+def seed_folders(name: str, init: str, runs: dict[str, Path]) -> list[Path]:
+    """A task's runs at one init: `<task>[-scratch]` (the recipe's seed) first, then `<task>[-scratch]-seed<N>`."""
+    base = name if init == "pretrained" else f"{name}-scratch"
+    extra = sorted(f for f in runs if f.startswith(f"{base}-seed") and f[len(base) + 5:].isdigit())
+    return [runs[f] for f in ([base] if base in runs else []) + extra]
+
+
+def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, Row]:
+    """model → Row: pretrained and scratch fine-tunes (averaged over seeds), then the baselines."""
     (key, _), (key2, _) = METRICS[family]
     scale = 100 if family == "classification" else 1  # SQuAD scores are percentages already
     rows = {}
-    for init, folder in (("pretrained", name), ("scratch", f"{name}-scratch")):
-        record = read_json(runs[folder] / "eval.json") if folder in runs else {}
-        evaluation = record.get("evaluation", {})
-        metrics = evaluation.get("metrics", {})
-        interval = bootstrap_accuracy(metrics["confusion_matrix"]) if "confusion_matrix" in metrics else None
-        rows[init] = (_scaled(metrics.get(key), scale), _scaled(metrics.get(key2), scale),
-                      evaluation.get("examples"), record.get("train_seconds"), record.get("wall_seconds"), interval)
+    for init in ("pretrained", "scratch"):
+        records = [read_json(folder / "eval.json") for folder in seed_folders(name, init, runs)]
+        records = [r for r in records if r.get("evaluation", {}).get("metrics", {}).get(key) is not None]
+        if not records:
+            rows[init] = Row(None, None, 0, None, None, None, None, None)
+            continue
+        metrics = [r["evaluation"]["metrics"] for r in records]
+        scores = [m[key] * scale for m in metrics]
+        first = metrics[0]
+        rows[init] = Row(_mean(scores), _mean([_scaled(m.get(key2), scale) for m in metrics]), len(records),
+                         float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                         records[0]["evaluation"].get("examples"),
+                         _mean([r.get("train_seconds") for r in records]), _mean([r.get("wall_seconds") for r in records]),
+                         bootstrap_accuracy(first["confusion_matrix"]) if "confusion_matrix" in first else None)
     if family == "classification":
         baselines = read_json(baseline_dir / f"{name}.json")
         for model, label in BASELINES.items():
             scores = baselines.get(model, {})
-            rows[label] = (_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale),
-                           baselines.get("eval_examples"), None, None, None)
+            rows[label] = Row(_scaled(scores.get(key), scale), _scaled(scores.get(key2), scale), 0, None,
+                              baselines.get("eval_examples"), None, None, None)
     return rows
+
+
+def _mean(values: list):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _loss_plot(runs: dict[str, Path], out: Path) -> list[str]:

@@ -1,0 +1,75 @@
+"""Several fine-tuning seeds: `make all` runs each task at every seed of SEEDS, and the scoreboard averages them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from pipeline import report
+
+
+def test_make_all_runs_every_seed_but_squad_once(tmp_path):
+    # A stand-in python: answers `-c` (the task list) for real and echoes every stage it is asked to run.
+    stub = tmp_path / "py"
+    stub.write_text(f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\necho py "$@"\n')
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MFLAGS" and not k.startswith("MAKE")}
+    result = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(ROOT / "Makefile"), "all",
+                             f"PY={stub}", "LAUNCH=echo launch", "SEEDS=7 8"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    runs = [line.split("--out ")[1] for line in result.stdout.splitlines() if " finetune " in line]
+    assert "runs/finetune/sst2 seed=7" in runs and "runs/finetune/sst2-seed8 seed=8" in runs
+    assert "runs/finetune/sst2-scratch seed=7 init=scratch" in runs
+    assert "runs/finetune/sst2-scratch-seed8 seed=8 init=scratch" in runs
+    assert [r for r in runs if r.startswith("runs/finetune/squad")] == [
+        "runs/finetune/squad seed=7", "runs/finetune/squad-scratch seed=7 init=scratch"]
+    assert len(runs) == 6 * 2 * 2 + 2  # six classification tasks at both seeds, SQuAD at the first
+    assert result.stdout.splitlines()[-1] == "py -m pipeline evaluate --report runs/reports"
+
+
+def _eval(folder: Path, accuracy: float, train_seconds: float = 60) -> None:
+    folder.mkdir(parents=True)
+    n = 100
+    right = round(accuracy * n)
+    confusion = [[right // 2, (n - right) // 2], [n - right - (n - right) // 2, right - right // 2]]
+    (folder / "eval.json").write_text(json.dumps(
+        {"task": "sst2", "checkpoint": "runs/pretrain/cpu/final", "train_seconds": train_seconds,
+         "wall_seconds": train_seconds + 5,
+         "evaluation": {"examples": n, "metrics": {"accuracy": accuracy, "f1": accuracy,
+                                                   "confusion_matrix": confusion}}}))
+
+
+def test_scoreboard_averages_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for folder, accuracy in (("sst2", 0.80), ("sst2-seed1338", 0.84), ("sst2-seed1339", 0.82),
+                             ("sst2-scratch", 0.78), ("sst2-scratch-seed1338", 0.76),
+                             ("trec", 0.90), ("trec-scratch", 0.91)):
+        _eval(runs / "finetune" / folder, accuracy)
+    text = report.write(runs, tmp_path / "reports").read_text()
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in text.splitlines() if line.startswith(("| sst2 |", "| trec |"))}
+    pre, scratch = rows["sst2", "pretrained"], rows["sst2", "scratch"]
+    assert pre[0] == "82.0" and pre[1] == "2.0 (3)"  # mean and sd of 80, 84, 82
+    assert scratch[0] == "77.0" and scratch[1] == "1.4 (2)"
+    assert pre[4] == "+5.0"  # 82.0 - 77.0
+    assert rows["trec", "pretrained"][1] == "— (1)" and rows["trec", "pretrained"][4] == "-1.0"
+    # The interval is the recipe-seed run's (80 of 100 right), not that of the mean.
+    low, high = (float(x) for x in pre[2].split("–"))
+    assert low < 80 < high and high - low > 10
+    assert "Mean gain from pretraining over 2 classification tasks: +2.0 points** (worst: -1.0, trec)" in text
+
+
+@pytest.mark.parametrize("folders, expected", [
+    (["sst2", "sst2-seed2", "sst2-scratch", "sst2-scratch-seed2", "sst2-seedx", "sst2x"], ["sst2", "sst2-seed2"]),
+    (["sst2-seed3"], ["sst2-seed3"]),
+])
+def test_seed_folders(tmp_path, folders, expected):
+    runs = {f: tmp_path / f for f in folders}
+    assert [p.name for p in report.seed_folders("sst2", "pretrained", runs)] == expected
