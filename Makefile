@@ -38,7 +38,7 @@ REPORT ?= runs/reports
 SEEDS ?= 1337 1338 1339
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling clean
+.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa clean
 
 install:
 	python3 -m venv .venv
@@ -115,6 +115,10 @@ bench-transfer:
 # Model shape and optimizer at a fixed time budget (issue: more language model per CPU-hour).
 bench-scaling:
 	$(PY) bench/scaling.py $(ARGS)
+
+# SQuAD: rate and optimizer sweep, and F1 against training questions (issue: extractive QA that answers).
+bench-qa:
+	$(PY) bench/qa.py $(ARGS)
 
 bench-loss:
 	$(PY) bench/lm_head_loss.py

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from peak import matmul_gflops  # noqa: E402
 
 from pipeline.machine import describe  # noqa: E402
-from pipeline.sweep import Job, run_jobs  # noqa: E402
+from pipeline.sweep import Job, parse_with_overrides, run_jobs  # noqa: E402
 
 RECIPE = "recipes/pretrain/cpu.yaml"
 # Every variant names its whole shape, optimizer, schedule and batch, so the table does not move
@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--runs", default="runs/bench/scaling")
     parser.add_argument("--report", default="reports/bench/scaling")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="on top of every run (they win)")
-    args = parser.parse_args()
+    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
+    args = parse_with_overrides(parser)
 
     common = [f"max_train_minutes={args.minutes:g}", "max_steps=100000", "eval_steps=100", "save_steps=100000",
               "num_samples=0"]

@@ -79,5 +79,18 @@ def result_row(job: Job, report: dict) -> dict:
             "tokens_per_s": statistics.median(speeds) if speeds else None, "run": str(job.out)}
 
 
+def parse_with_overrides(parser, argv: list[str] | None = None):
+    """parser's arguments, plus `overrides`: every `key=value` word, wherever it stands.
+
+    A study's list options (--variants A B, --sizes 1 2) would otherwise swallow the key=value
+    words that follow them; no option value here contains "=", so the split is unambiguous.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [w for w in argv if "=" in w and not w.startswith("-")]
+    args = parser.parse_args([w for w in argv if w not in overrides])
+    args.overrides = overrides
+    return args
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
