@@ -30,7 +30,7 @@ ANCHORS = [
     ("ag_news", "fastText, bigrams", "accuracy", 92.5, "Joulin et al. 2017, test"),
 ]
 SPLIT_DIFFERS = {
-    "ag_news": "ours trains on a 20,000-row subset of the 120,000-row train split (same 7,600-row test)",
+    "ag_news": "ours trains on a seeded 8,000-row sample of the 120,000-row train split (same 7,600-row test)",
     "squad": "ours trains and evaluates on local/squad_v1.1_dev_split, the v1.1 dev set split by article "
              "(8,595 / 1,975 questions), not on train / the full dev set",
 }

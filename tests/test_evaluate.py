@@ -105,7 +105,7 @@ def test_report_tables_gain_baselines_and_plots(evaluated):
     assert f"| squad | pretrained | {f1:.1f} |" in text
     assert "| imdb | — | — |" in text  # not fine-tuned yet
     anchors = text[text.index("## Published reference figures"):]
-    assert "| sst2 | BERT-base (cased) | accuracy | 92.3 |" in anchors and "20,000-row subset" in anchors
+    assert "| sst2 | BERT-base (cased) | accuracy | 92.3 |" in anchors and "8,000-row sample" in anchors
     for name in ("pretrain_loss.png", "finetune_loss.png", "scores.png"):
         assert f"]({name})" in text
         path = evaluated.reports / name

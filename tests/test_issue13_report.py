@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import ROOT
 from pipeline import report
 
 BARS = {"sst2": {"pretrained": 76.8, "scratch": 78.7, "majority class": 50.9, "TF-IDF + LR": 80.5},
@@ -56,3 +58,8 @@ def test_every_trained_row_shows_training_and_wall_time(tmp_path):
     assert "| 30s | 1m 35s |" in rows["sst2"]
     assert "| 2m 50s | 2m 57s |" in rows["squad"]
     assert (tmp_path / "reports" / "scores.png").is_file()
+
+
+def test_published_figures_note_the_ag_news_sample_the_recipe_takes():
+    n = yaml.safe_load((ROOT / "recipes/finetune/ag_news.yaml").read_text())["max_train_samples"]
+    assert f"a seeded {n:,}-row sample" in report.SPLIT_DIFFERS["ag_news"]

@@ -73,3 +73,4 @@ def test_scoreboard_averages_seeds(tmp_path):
 def test_seed_folders(tmp_path, folders, expected):
     runs = {f: tmp_path / f for f in folders}
     assert [p.name for p in report.seed_folders("sst2", "pretrained", runs)] == expected
+
