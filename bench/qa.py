@@ -30,12 +30,11 @@ ALL = 8595  # training questions of local/squad_v1.1_dev_split
 # Every variant names its optimizer and rates, so the table does not move when the recipe does.
 ADAMW, MUON = ["optimizer=adamw"], ["optimizer=muon"]
 VARIANTS = {
-    "adamw 2e-4": [*ADAMW, "learning_rate=2e-4"],
     "adamw 5e-4": [*ADAMW, "learning_rate=5e-4"],
     "adamw 1e-3": [*ADAMW, "learning_rate=1e-3"],
-    "muon 0.0025": [*MUON, "muon_learning_rate=0.0025", "learning_rate=5e-4"],
     "muon 0.005": [*MUON, "muon_learning_rate=0.005", "learning_rate=5e-4"],
     "muon 0.01": [*MUON, "muon_learning_rate=0.01", "learning_rate=5e-4"],
+    "muon 0.02": [*MUON, "muon_learning_rate=0.02", "learning_rate=5e-4"],
     "muon 0.005, adapt 300": [*MUON, "muon_learning_rate=0.005", "learning_rate=5e-4", "adapt_steps=300"],
 }
 SIZES = (1000, 4000, ALL)
