@@ -92,7 +92,8 @@ def markdown(rows: list[dict], args, machine: dict) -> str:
     lines = ["# SQuAD study\n",
              f"Checkpoint `{args.ckpt}`; {len(rows)} fine-tunes of `recipes/finetune/squad.yaml`, two at a time "
              f"with one thread each, on {machine['cpu_model']}. Scored on the 1,975 validation questions "
-             "(EM and F1, 0–100). Minutes are optimizer-step time with another fine-tune on the other core.\n"]
+             "(EM and F1, 0–100). Minutes are optimizer-step time with other runs sharing the two cores: "
+             "not a speed figure.\n"]
     sweep = [r for r in rows if r["part"] == "sweep"]
     if sweep:
         lines += [f"## Sweep: all {ALL:,} training questions, {args.sweep_epochs:g} epoch(s), pretrained\n",
