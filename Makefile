@@ -36,6 +36,8 @@ ARGS ?=
 REPORT ?= runs/reports
 # Fine-tuning seeds of `make all`: the scoreboard shows means over them (seeds move small-data scores by points).
 SEEDS ?= 1337 1338 1339
+# Fine-tunes of `make all` at a time: two on a CPU machine (one thread each on 2 cores), one on a GPU or with NPROC>1.
+JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
 .PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa clean
@@ -77,12 +79,15 @@ generate:
 
 # The whole study: pretrain the cpu recipe, fine-tune every task from it and from scratch at each of
 # SEEDS (the first in runs/finetune/<task>, the others in <task>-seed<N>; SQuAD at the first only),
-# evaluate, report. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
+# evaluate, report. The fine-tunes run JOBS at a time, each on its share of the cores: small
+# fine-tunes are bound by per-step overhead, so two one-thread runs on 2 cores finish sooner than one
+# two-thread run. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
 all:
-	@set -e; \
+	@set -eo pipefail; \
 	stage() { out=$$1; shift; \
 	  if [ -d $$out/final ]; then echo "$$out: finished, skipped"; \
 	  else $(LAUNCH) pipeline "$$@" $$(test -d $$out/checkpoints && echo resume=true); fi; }; \
+	export -f stage; \
 	ckpt=runs/pretrain/cpu; \
 	stage $$ckpt pretrain --recipe recipes/pretrain/cpu.yaml --out $$ckpt; \
 	first=$(firstword $(SEEDS)); \
@@ -90,11 +95,13 @@ all:
 	  seeds="$(SEEDS)"; [ $$task = squad ] && seeds=$$first; \
 	  for seed in $$seeds; do \
 	    run=runs/finetune/$$task$$([ $$seed = $$first ] || echo -seed$$seed); \
-	    stage $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed; \
+	    echo $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed; \
 	    run=runs/finetune/$$task-scratch$$([ $$seed = $$first ] || echo -seed$$seed); \
-	    stage $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed init=scratch; \
+	    echo $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed init=scratch; \
 	  done; \
-	done
+	done | \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( ($$(nproc) + $(JOBS) - 1) / $(JOBS) ))} \
+	  xargs -P $(JOBS) -L 1 bash -c 'stage "$$@"' stage
 	$(PY) -m pipeline evaluate --report $(REPORT)
 
 test:

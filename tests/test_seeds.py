@@ -14,24 +14,44 @@ from conftest import ROOT
 from pipeline import report
 
 
-def test_make_all_runs_every_seed_but_squad_once(tmp_path):
-    # A stand-in python: answers `-c` (the task list) for real and echoes every stage it is asked to run.
-    stub = tmp_path / "py"
+def test_make_all_runs_every_seed_two_at_a_time_but_squad_once(tmp_path):
+    # Stand-ins: a python that answers `-c` (the task list) for real and echoes anything else, and a
+    # launcher that echoes each stage with the threads it was given.
+    stub, launch = tmp_path / "py", tmp_path / "launch"
     stub.write_text(f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\necho py "$@"\n')
-    stub.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "MFLAGS" and not k.startswith("MAKE")}
+    launch.write_text('#!/bin/bash\necho "launch threads=${OMP_NUM_THREADS:-all} $*"\n')
+    for script in (stub, launch):
+        script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MFLAGS", "OMP_NUM_THREADS") and not k.startswith("MAKE")}
     result = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(ROOT / "Makefile"), "all",
-                             f"PY={stub}", "LAUNCH=echo launch", "SEEDS=7 8"],
+                             f"PY={stub}", f"LAUNCH={launch}", "SEEDS=7 8", "JOBS=2"],
                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
-    runs = [line.split("--out ")[1] for line in result.stdout.splitlines() if " finetune " in line]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "launch threads=all pipeline pretrain --recipe recipes/pretrain/cpu.yaml --out runs/pretrain/cpu"
+    stages = [line for line in lines if " finetune " in line]
+    threads = -(-os.cpu_count() // 2)  # each of the two parallel fine-tunes gets half the cores
+    assert all(line.startswith(f"launch threads={threads} pipeline finetune") for line in stages), stages
+    runs = {line.split("--out ")[1] for line in stages}
     assert "runs/finetune/sst2 seed=7" in runs and "runs/finetune/sst2-seed8 seed=8" in runs
     assert "runs/finetune/sst2-scratch seed=7 init=scratch" in runs
     assert "runs/finetune/sst2-scratch-seed8 seed=8 init=scratch" in runs
-    assert [r for r in runs if r.startswith("runs/finetune/squad")] == [
-        "runs/finetune/squad seed=7", "runs/finetune/squad-scratch seed=7 init=scratch"]
-    assert len(runs) == 6 * 2 * 2 + 2  # six classification tasks at both seeds, SQuAD at the first
-    assert result.stdout.splitlines()[-1] == "py -m pipeline evaluate --report runs/reports"
+    assert {r for r in runs if r.startswith("runs/finetune/squad")} == {
+        "runs/finetune/squad seed=7", "runs/finetune/squad-scratch seed=7 init=scratch"}
+    assert len(stages) == len(runs) == 6 * 2 * 2 + 2  # six classification tasks at both seeds, SQuAD at the first
+    assert lines[-1] == "py -m pipeline evaluate --report runs/reports"
+
+
+def test_make_all_fails_without_a_scoreboard_when_a_stage_fails(tmp_path):
+    fail = tmp_path / "launch"
+    fail.write_text('#!/bin/bash\n[[ "$*" == *sst2-scratch* ]] && exit 2\necho "$*"\n')
+    fail.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MFLAGS" and not k.startswith("MAKE")}
+    result = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(ROOT / "Makefile"), "all",
+                             f"PY={sys.executable}", f"LAUNCH={fail}", "SEEDS=7"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "pipeline evaluate" not in result.stdout  # no scoreboard from a half-finished study
 
 
 def _eval(folder: Path, accuracy: float, train_seconds: float = 60) -> None:
