@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import numpy as np
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineError
@@ -20,14 +21,33 @@ from pipeline.errors import PipelineError
 WEIGHTS, STATE = "model.safetensors", "state.json"
 
 
-def split_dev(rows: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, dev): a seeded `fraction` of `rows` held out for early stopping."""
+def split_dev(rows: datasets.Dataset, fraction: float, seed: int,
+              group: str | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, dev): a seeded `fraction` of `rows` held out for early stopping.
+
+    With `group` (a column, e.g. SQuAD's article title) whole groups are held out, in a seeded
+    order, until the dev split holds at least `fraction` of the rows: questions on an article the
+    model trained on would flatter the dev score, as the eval split's articles never are.
+    """
     n_dev = round(len(rows) * fraction)
     if n_dev < 1 or n_dev >= len(rows):
         raise PipelineError(f"dev_fraction={fraction} of {len(rows)} training examples leaves an empty train or dev "
                             "split: change dev_fraction or max_train_samples")
-    parts = rows.train_test_split(test_size=n_dev, shuffle=True, seed=seed)
-    return parts["train"], parts["test"]
+    if group is None:
+        parts = rows.train_test_split(test_size=n_dev, shuffle=True, seed=seed)
+        return parts["train"], parts["test"]
+    if group not in rows.column_names:
+        raise PipelineError(f"the dev split holds out whole '{group}' groups, and the training data has no '{group}' "
+                            f"column (it has {', '.join(rows.column_names)}): add it, or set dev_fraction=0")
+    keys = np.asarray(rows[group])
+    names, sizes = np.unique(keys, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    held = order[: int(np.searchsorted(np.cumsum(sizes[order]), n_dev)) + 1]
+    in_dev = np.isin(keys, names[held])
+    if in_dev.all():
+        raise PipelineError(f"dev_fraction={fraction} holds out every '{group}' group of the {len(rows)} training "
+                            "examples: lower dev_fraction or train on more groups")
+    return rows.select(np.flatnonzero(~in_dev)), rows.select(np.flatnonzero(in_dev))
 
 
 class EarlyStopping:

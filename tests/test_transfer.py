@@ -4,8 +4,10 @@ pooling, early stopping on a dev split carved out of train, task-adaptive LM tra
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 import transformers
@@ -14,12 +16,17 @@ from safetensors.torch import load_file
 from conftest import FINETUNE_TINY, reset_accelerate
 from pipeline.cli import main
 from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.early_stopping import split_dev
+from pipeline.errors import PipelineError
 from pipeline.heads import load_head
 from pipeline.optim import build_optimizer
 from pipeline.pooling import add_mean_pooling_layer
 from pipeline.stages import finetune
 from pipeline.tasks import TASKS
 from pipeline.trainer import epoch_batches
+
+
+SQUAD = f"{os.environ['PIPELINE_DATA_DIR']}/local/squad_v1.1_dev_split/train.parquet"
 
 
 def recipe(*overrides: str) -> FinetuneConfig:
@@ -105,6 +112,23 @@ def test_early_stopping_reads_only_the_dev_split(tiny_pretrain, tmp_path, monkey
     best = load_file(out / "best" / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
     assert all(torch.equal(final[k], best[k]) for k in final if k in best)  # the best weights are the ones kept
+
+
+def test_squad_dev_split_holds_out_whole_articles():
+    rows = datasets.load_dataset("parquet", data_files=SQUAD, split="train")
+    assert TASKS["squad"].dev_group == "title"
+    train, dev = split_dev(rows, 0.1, seed=1337, group="title")
+    assert len(train) + len(dev) == len(rows) and len(dev) >= 0.1 * len(rows)
+    assert not set(train["title"]) & set(dev["title"])  # no article on both sides
+    assert sorted([*train["id"], *dev["id"]]) == sorted(rows["id"])
+    # Seeded: the same seed holds out the same articles, another seed others.
+    assert list(split_dev(rows, 0.1, seed=1337, group="title")[1]["id"]) == list(dev["id"])
+    assert set(split_dev(rows, 0.1, seed=7, group="title")[1]["title"]) != set(dev["title"])
+    with pytest.raises(PipelineError, match="no 'topic' column"):
+        split_dev(rows, 0.1, seed=1337, group="topic")
+    one_article = rows.filter(lambda r: r["title"] == rows[0]["title"])
+    with pytest.raises(PipelineError, match="every 'title' group"):
+        split_dev(one_article, 0.1, seed=1337, group="title")
 
 
 def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, monkeypatch):

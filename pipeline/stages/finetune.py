@@ -36,7 +36,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     task.label_names(eval_rows, hub_id, eval_split)  # same columns in both splits
     dev_rows = None
     if cfg.dev_fraction:  # early stopping watches this seeded slice of train, never the eval split
-        train_rows, dev_rows = split_dev(train_rows, cfg.dev_fraction, cfg.seed)
+        train_rows, dev_rows = split_dev(train_rows, cfg.dev_fraction, cfg.seed, task.dev_group)
     checkpoint.inspect_model_folder(ckpt)  # a bad --ckpt fails here, before anything is written
     if cfg.pooling != "last" and task.kind != "classification":
         raise PipelineError(f"pooling={cfg.pooling} is for classification heads; {task.name} scores every token: "

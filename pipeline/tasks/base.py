@@ -24,6 +24,7 @@ class Task:
     metrics: tuple[str, ...] = ("accuracy",)
     text_column: str = "text"  # the input text (QA: the context), what task-adaptive LM training reads
     headline: ClassVar[str] = "accuracy"  # the metric early stopping and the scoreboard rank by
+    dev_group: ClassVar[str | None] = None  # a column whose groups the dev split takes whole (None: rows)
 
     def unlabelled_texts(self, rows: datasets.Dataset) -> list[str]:
         """The distinct input texts of `rows`, labels dropped: all that task-adaptive LM training sees."""
