@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from pipeline.machine import describe
-from pipeline.sweep import Job, mean_sd, run_jobs
+from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 # name → overrides on top of V1, the task's recipe as it was before this study (last-token head, one
@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
     parser.add_argument("--runs", default="runs/bench/transfer")
     parser.add_argument("--report", default="reports/bench/transfer")
-    args = parser.parse_args()
+    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
+    args = parse_with_overrides(parser)
 
     jobs = []
     for task in args.tasks:
@@ -61,7 +62,8 @@ def main() -> None:
             for init in ("pretrained", "scratch"):
                 for seed in range(args.seeds):
                     out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
-                    jobs.append(Job(task, out, [*V1, *VARIANTS[name], f"init={init}", f"seed={1337 + seed}"],
+                    jobs.append(Job(task, out, [*V1, *VARIANTS[name], f"init={init}", f"seed={1337 + seed}",
+                                     *args.overrides],
                                     {"variant": name, "init": init, "seed": 1337 + seed}))
     rows = run_jobs(jobs, Path(args.ckpt), args.parallel)
     write(rows, args, Path(args.report))

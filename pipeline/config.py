@@ -218,7 +218,6 @@ class FinetuneConfig(TrainConfig):
     adam_beta2: float = 0.999
     max_length: int = 128  # tokens per example; longer ones are truncated (and counted)
     doc_stride: int = 64  # QA: overlap between windows of a long context
-    echo_context: bool = False  # QA: the context twice per window, spans from the second copy (tasks/qa.py)
     init: str = "pretrained"  # or "scratch": same architecture and tokenizer, random weights
     dataset: str = ""  # override the task's dataset hub id (e.g. rajpurkar/squad with hub access)
     train_split: str = ""  # override the task's train split

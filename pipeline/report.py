@@ -8,6 +8,7 @@ they get a table of their own so they are never read as this project's measureme
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import NamedTuple
 
@@ -195,8 +196,9 @@ def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path
 
 
 def _mean(values: list):
+    """The mean of the values that were recorded (None: a run without this figure), or None."""
     values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return statistics.fmean(values) if values else None
 
 
 def _loss_plot(runs: dict[str, Path], out: Path) -> list[str]:

@@ -51,9 +51,9 @@ def example(rows, answer, start=None, id="q1"):
     return {**rows[0], "id": id, "answers": {"text": [answer], "answer_start": [start]}}
 
 
-def features(examples, tokenizer, max_length, doc_stride, echo=False):
-    train = prepare_train_features(examples, tokenizer, max_length, doc_stride, echo)
-    evals = prepare_eval_features(examples, tokenizer, max_length, doc_stride, echo)
+def features(examples, tokenizer, max_length, doc_stride):
+    train = prepare_train_features(examples, tokenizer, max_length, doc_stride)
+    evals = prepare_eval_features(examples, tokenizer, max_length, doc_stride)
     assert evals["input_ids"] == train["input_ids"]  # the same windows, in the same order
     return train, evals
 
@@ -131,38 +131,6 @@ def test_answer_cut_by_window_end_is_labelled_in_the_next_window(rows, tokenizer
     assert ex["context"][second[start][0] : second[end][1]].strip() == answer
 
 
-def test_echo_window_holds_the_context_twice_and_answers_from_the_second_copy(rows, tokenizer):
-    ex = example(rows, "Denver Broncos")
-    plain = prepare_eval_features(batch(ex), tokenizer, 384, 128)
-    train, echo = features(batch(ex), tokenizer, 512, 128, echo=True)
-    [ids], [plain_ids] = echo["input_ids"], plain["input_ids"]
-    [offsets], [plain_offsets] = echo["offset_mapping"], plain["offset_mapping"]
-    first, sep = first_context_token(plain), len(plain_ids)
-    # <bos> question <eos> context <eos> context: the plain window, a separator, its context again.
-    assert ids[:sep] == plain_ids and ids[sep] == tokenizer.eos_token_id and ids[sep + 1 :] == plain_ids[first:]
-    assert len(ids) == 2 * len(plain_ids) - first + 1 <= 512
-    # Only the second copy may hold a span, and it maps to the same characters as the plain window.
-    assert all(o is None for o in offsets[: sep + 1]) and offsets[sep + 1 :] == plain_offsets[first:]
-    start, end = train["start_positions"][0], train["end_positions"][0]
-    assert sep < start <= end
-    logits = peaked_logits(echo, [start], [end])
-    assert postprocess_predictions(batch(ex), echo, *logits) == {"q1": "Denver Broncos"}
-
-
-def test_echo_halves_the_room_for_context(rows, tokenizer):
-    ex = rows[0]
-    n_question = len(tokenizer(ex["question"], add_special_tokens=False)["input_ids"])
-    for echo in (False, True):
-        windows = prepare_eval_features(batch(ex), tokenizer, 96, 16, echo)
-        assert all(len(ids) <= 96 for ids in windows["input_ids"])
-        room = max(sum(o is not None for o in offsets) for offsets in windows["offset_mapping"])
-        assert room == (96 - 2 - n_question - echo) // (1 + echo)  # <bos> question <eos> ... [<eos> ...]
-    stride = (96 - 2 - n_question - 1) // 2  # fits plain, not twice
-    prepare_eval_features(batch(ex), tokenizer, 96, stride)
-    with pytest.raises(PipelineError, match=f"{ex['id']}.*twice: echo_context.*doc_stride={stride}"):
-        prepare_eval_features(batch(ex), tokenizer, 96, stride, echo=True)
-
-
 def test_no_valid_span_gives_empty_prediction(rows, tokenizer):
     ex = example(rows, "Denver Broncos")
     _, evals = features(batch(ex), tokenizer, max_length=384, doc_stride=128)
@@ -238,14 +206,14 @@ def test_answer_not_in_context_raises_for_any_gold_answer(rows, tokenizer):
 # --- label audit: the labels the head trains on, decoded back to text -------------------------------------------
 
 
-@pytest.mark.parametrize("max_length, doc_stride, echo", [(384, 128, False), (96, 32, False), (512, 128, True)])
-def test_labels_round_trip_on_200_real_rows(rows, tokenizer, max_length, doc_stride, echo):
+@pytest.mark.parametrize("max_length, doc_stride", [(384, 128), (96, 32)])
+def test_labels_round_trip_on_200_real_rows(rows, tokenizer, max_length, doc_stride):
     """Every window holding the whole answer decodes, through its offsets, to the answer it trains on.
 
     An off-by-one at either end or a dropped leading space (byte-level BPE puts the space before a
     word into the word's token) would show here, not as an error but as a capped F1.
     """
-    records = audit_labels(batch(*rows[:200]), tokenizer, max_length, doc_stride, echo)
+    records = audit_labels(batch(*rows[:200]), tokenizer, max_length, doc_stride)
     labelled = [r for r in records if r["labelled"]]
     # Recoverable: the window holds the whole answer, and the answer starts and ends at word
     # boundaries (one dev-set row's answer is "10." inside "2010.": no token label can say that).
@@ -259,10 +227,8 @@ def test_labels_round_trip_on_200_real_rows(rows, tokenizer, max_length, doc_str
     assert {r["id"] for r in labelled} == {r["id"] for r in rows[:200]}  # every answer is whole in some window
     if max_length == 96:  # small windows: many hold no answer, and are labelled so
         assert sum(not r["labelled"] for r in records) > 100
-    elif not echo:
+    else:
         assert len(records) == 200
-    else:  # the context twice in 512 tokens: a few of these paragraphs need a second window
-        assert 200 < len(records) < 220
 
 
 def test_training_answer_follows_annotator_agreement(rows, tokenizer):
@@ -315,12 +281,11 @@ def long_example(rows, answer="Denver Broncos"):
     return short, long, len(before)
 
 
-@pytest.mark.parametrize("echo", [False, True])
-def test_long_context_split_into_windows_gives_the_short_context_answer(rows, tokenizer, echo):
+def test_long_context_split_into_windows_gives_the_short_context_answer(rows, tokenizer):
     short, long, shift = long_example(rows)
     results = {}
     for ex in (short, long):
-        train, evals = features(batch(ex), tokenizer, max_length=96 + 64 * echo, doc_stride=32, echo=echo)
+        train, evals = features(batch(ex), tokenizer, max_length=96, doc_stride=32)
         starts, ends = train["start_positions"], train["end_positions"]
         # Labelled windows peak on the answer tokens, the others on no-answer; each of the
         # latter also holds a decoy span whose raw score (12 + 12) beats the answer's (10 + 10).
@@ -394,17 +359,12 @@ def test_predict_question_too_long_for_the_window(rows, tokenizer):
 
 def test_predict_settings_come_from_the_run_config(tiny_qa, tmp_path):
     assert qa_settings(tiny_qa / "final") == {"max_length": 128, "doc_stride": 32, "n_best": 20,
-                                              "max_answer_length": 30, "echo_context": False}
+                                              "max_answer_length": 30}
     shutil.copytree(tiny_qa / "final", tmp_path / "final")  # a model folder without its run
     assert qa_settings(tmp_path / "final") == QA_DEFAULTS == {"max_length": 384, "doc_stride": 128, "n_best": 20,
-                                                             "max_answer_length": 30, "echo_context": False}
-    (tmp_path / "config.yaml").write_text("max_length: 512\necho_context: true\n")
-    assert qa_settings(tmp_path / "final") == {**QA_DEFAULTS, "max_length": 512, "echo_context": True}
+                                                             "max_answer_length": 30}
     (tmp_path / "config.yaml").write_text("max_length: 64\ndoc_stride: -1\n")
     with pytest.raises(PipelineError, match="doc_stride=-1 must be a positive integer"):
-        qa_settings(tmp_path / "final")
-    (tmp_path / "config.yaml").write_text("echo_context: 2\n")
-    with pytest.raises(PipelineError, match="echo_context=2 must be true or false"):
         qa_settings(tmp_path / "final")
 
 

@@ -3,7 +3,7 @@
 A classifier prints `label<TAB>probability`. A QA model prints
 `answer<TAB>score<TAB>start<TAB>end`: the score is start_logit + end_logit of the span, and
 `context[start:end] == answer` (character offsets). The QA windows use the fine-tuning run's
-max_length, doc_stride, n_best, max_answer_length and echo_context, read from the run's config.yaml (the
+max_length, doc_stride, n_best and max_answer_length, read from the run's config.yaml (the
 folder above final/), so a context longer than one window is answered as evaluation does.
 """
 
@@ -21,7 +21,7 @@ from pipeline.tasks import get_task
 from pipeline.tasks.qa import Answer, postprocess_with_scores, prepare_eval_features
 
 # Used when the checkpoint has no run config.yaml beside it (the recipe defaults for SQuAD).
-QA_DEFAULTS = {"max_length": 384, "doc_stride": 128, "n_best": 20, "max_answer_length": 30, "echo_context": False}
+QA_DEFAULTS = {"max_length": 384, "doc_stride": 128, "n_best": 20, "max_answer_length": 30}
 
 
 def run(task_name: str, ckpt: str | None, text: str | None, question: str | None, context: str | None) -> None:
@@ -57,7 +57,7 @@ def run(task_name: str, ckpt: str | None, text: str | None, question: str | None
 
 
 def qa_settings(folder: Path) -> dict:
-    """max_length, doc_stride, n_best, max_answer_length, echo_context of the run that saved `folder`."""
+    """max_length, doc_stride, n_best, max_answer_length of the run that saved `folder`."""
     settings = dict(QA_DEFAULTS)
     path = Path(folder).parent / "config.yaml"
     if not path.is_file():
@@ -74,18 +74,14 @@ def qa_settings(folder: Path) -> dict:
         value = recipe.get(key)
         if value is None:
             continue
-        if isinstance(settings[key], bool):
-            if not isinstance(value, bool):
-                raise PipelineError(f"{path}: {key}={value!r} must be true or false: fix it or move the file away")
-        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise PipelineError(f"{path}: {key}={value!r} must be a positive integer: fix it or move the file away")
         settings[key] = value
     return settings
 
 
 def answer_question(model, tokenizer, question: str, context: str, max_length: int = 384, doc_stride: int = 128,
-                    n_best: int = 20, max_answer_length: int = 30, echo_context: bool = False,
-                    batch_size: int = 32) -> Answer:
+                    n_best: int = 20, max_answer_length: int = 30, batch_size: int = 32) -> Answer:
     """The best span of `context` for `question`, over all the windows the context needs.
 
     The windows go through the model in batches (right-padded: the model is causal, so a
@@ -94,7 +90,7 @@ def answer_question(model, tokenizer, question: str, context: str, max_length: i
     """
     example = {"id": ["q"], "question": [question], "context": [context]}
     try:
-        features = prepare_eval_features(example, tokenizer, max_length, doc_stride, echo_context)
+        features = prepare_eval_features(example, tokenizer, max_length=max_length, doc_stride=doc_stride)
     except PipelineError as e:  # the question leaves no room for the context in a window
         raise PipelineError(f"the question is too long for windows of max_length={max_length} tokens that overlap "
                             f"by doc_stride={doc_stride} (the run's settings): shorten the question") from e

@@ -4,8 +4,6 @@ The model is a causal LM with a start/end span head, so each window is
 `<bos> question <eos> context-slice`: the question comes first, so that every context
 token has attended to it when its span logits are computed. A long context is cut into
 windows of at most `max_length` tokens whose context slices overlap by `doc_stride` tokens.
-With `echo_context` each window holds its context slice twice and spans come from the second
-copy, whose every token has already read the whole slice (a causal model cannot look ahead).
 Offsets are character offsets into the context; with byte-level BPE a token's span may
 include the space before it, which is why extracted answers are stripped.
 
@@ -39,65 +37,30 @@ COLUMNS = ["id", "question", "context", "answers"]
 NO_ANSWER = 0  # label of a window that does not hold the whole answer: the BOS token
 
 
-class Windows(NamedTuple):
-    """The windows of a batch of examples: token ids, the example each comes from, and per token the
-    character offsets into the context of the tokens a span may use (None for all others)."""
-
-    input_ids: list[list[int]]
-    example: list[int]
-    offsets: list[list]
-
-
-def _windows(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int, echo: bool = False) -> Windows:
-    """Cut each (question, context) into windows of at most `max_length` tokens.
-
-    Plain: `<bos> question <eos> context-slice`, the slices overlapping by `doc_stride` tokens.
-    Echo: `<bos> question <eos> context-slice <eos> context-slice`, spans read from the second
-    copy only. In a causal model a token's state has seen only the text before it, so in a plain
-    window the token where an answer starts cannot know what follows it; in the echo every
-    token of the second copy has read the whole slice (and the question) once already.
-    """
+def _tokenize(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int):
     # Leading whitespace in some SQuAD questions only costs tokens.
     questions = [q.lstrip() for q in examples["question"]]
+    # Check that each window has room for more context than the overlap; otherwise the Rust
+    # tokenizer raises a bare truncation error or panics (a panic is not even an Exception).
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    separator = tokenizer.eos_token_id
-    if echo and separator is None:
-        raise PipelineError("echo_context needs an eos token to separate the two copies of the context: "
-                            "use a tokenizer that has one, or set echo_context=false")
-    # A window of `length` tokens leaves the context `length - n_special - len(question)` tokens, and
-    # the echo takes them twice (plus its separator): so each question gets the window length at which
-    # the finished window fits max_length. The tokenizer windows one group of equal lengths at a time.
-    groups: dict[int, list[int]] = defaultdict(list)
     question_ids = tokenizer(questions, add_special_tokens=False)["input_ids"]
-    for i, (example_id, ids) in enumerate(zip(examples["id"], question_ids)):
+    for example_id, ids in zip(examples["id"], question_ids):
         room = max_length - n_special - len(ids)
-        if echo:
-            room = (room - 1) // 2
-        # The Rust tokenizer raises a bare truncation error, or panics (not even an Exception),
-        # when a window has no room for more context than the overlap.
         if room <= doc_stride:
             raise PipelineError(
                 f"example {example_id}: its question takes {len(ids)} tokens, leaving {room} of "
-                f"max_length={max_length} for the context{' (twice: echo_context)' if echo else ''}, which must "
-                f"be more than doc_stride={doc_stride}; raise max_length, lower doc_stride, or drop the row"
+                f"max_length={max_length} for the context, which must be more than doc_stride={doc_stride}; "
+                "raise max_length, lower doc_stride, or drop the row"
             )
-        groups[n_special + len(ids) + room].append(i)
-    windows = []  # (example, window index within the example, ids, offsets)
-    for length, members in groups.items():
-        enc = tokenizer([questions[i] for i in members], [examples["context"][i] for i in members],
-                        truncation="only_second", max_length=length, stride=doc_stride,
-                        return_overflowing_tokens=True, return_offsets_mapping=True)
-        for w, (ids, offsets, member) in enumerate(zip(enc["input_ids"], enc["offset_mapping"],
-                                                       enc["overflow_to_sample_mapping"])):
-            sequence = enc.sequence_ids(w)
-            spans = [o if s == 1 else None for o, s in zip(offsets, sequence)]
-            if echo:
-                first, last = _context_range(sequence)
-                ids = ids[: last + 1] + [separator] + ids[first : last + 1] + ids[last + 1 :]
-                spans = [None] * (last + 2) + spans[first : last + 1] + [None] * (len(spans) - last - 1)
-            windows.append((members[member], w, ids, spans))
-    windows.sort(key=lambda window: window[:2])  # example order, then window order
-    return Windows([w[2] for w in windows], [w[0] for w in windows], [w[3] for w in windows])
+    return tokenizer(
+        questions,
+        examples["context"],
+        truncation="only_second",  # never cut the question, only the context
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
 
 
 def _context_range(sequence_ids: list) -> tuple[int, int]:
@@ -138,46 +101,45 @@ def _check_answers(examples: dict[str, list]) -> list[tuple[str, int]]:
     return chosen
 
 
-def _train_windows(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int, echo: bool = False):
-    """The windows, the answer each example trains on, and each window's start/end labels."""
+def _train_windows(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int):
+    """Tokenized windows, the answer each example trains on, and each window's start/end labels."""
     chosen = _check_answers(examples)
-    windows = _windows(examples, tokenizer, max_length, doc_stride, echo)
+    enc = _tokenize(examples, tokenizer, max_length, doc_stride)
     start_positions, end_positions = [], []
-    for offsets, example_idx in zip(windows.offsets, windows.example):
+    for i, (offsets, example_idx) in enumerate(zip(enc["offset_mapping"], enc["overflow_to_sample_mapping"])):
         text, start_char = chosen[example_idx]
         end_char = start_char + len(text)
-        span = [k for k, o in enumerate(offsets) if o is not None]
-        if not span or offsets[span[0]][0] > start_char or offsets[span[-1]][1] < end_char:
+        first, last = _context_range(enc.sequence_ids(i))
+        if offsets[first][0] > start_char or offsets[last][1] < end_char:
             start_positions.append(NO_ANSWER)
             end_positions.append(NO_ANSWER)
             continue
+        window = range(first, last + 1)
         # The answer's first token is the last one starting at or before start_char, and its
         # last token the first one ending at or after end_char. With byte-level BPE the first
         # token's span usually starts at the space before the answer.
-        start_positions.append(max(k for k in span if offsets[k][0] <= start_char))
-        end_positions.append(min(k for k in span if offsets[k][1] >= end_char))
-    return windows, chosen, start_positions, end_positions
+        start_positions.append(max(k for k in window if offsets[k][0] <= start_char))
+        end_positions.append(min(k for k in window if offsets[k][1] >= end_char))
+    return enc, chosen, start_positions, end_positions
 
 
-def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int,
-                           echo: bool = False) -> dict:
+def prepare_train_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> dict:
     """Batched `datasets.map` function: windows with start/end token labels.
 
     Each example trains on one gold answer (`training_answer`); a window that does not hold
     all of it is labelled NO_ANSWER at both ends. Every gold answer must sit in its context at
     its answer_start, or PipelineError names the row.
     """
-    windows, _, start_positions, end_positions = _train_windows(examples, tokenizer, max_length, doc_stride, echo)
+    enc, _, start_positions, end_positions = _train_windows(examples, tokenizer, max_length, doc_stride)
     return {
-        "input_ids": windows.input_ids,
-        "attention_mask": [[1] * len(ids) for ids in windows.input_ids],
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
         "start_positions": start_positions,
         "end_positions": end_positions,
     }
 
 
-def audit_labels(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int,
-                 echo: bool = False) -> list[dict]:
+def audit_labels(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> list[dict]:
     """Decode each training window's start/end labels back to text through the window's offsets.
 
     One record per window: `id`, `answer` (the gold text it trains on), `labelled` (False for a
@@ -189,9 +151,9 @@ def audit_labels(examples: dict[str, list], tokenizer, max_length: int, doc_stri
     whatever the model learns: an off-by-one, a dropped space, or (not aligned) an answer
     that starts or ends inside a word, which no token label can express.
     """
-    windows, chosen, starts, ends = _train_windows(examples, tokenizer, max_length, doc_stride, echo)
+    enc, chosen, starts, ends = _train_windows(examples, tokenizer, max_length, doc_stride)
     records = []
-    for i, (offsets, example_idx) in enumerate(zip(windows.offsets, windows.example)):
+    for i, (offsets, example_idx) in enumerate(zip(enc["offset_mapping"], enc["overflow_to_sample_mapping"])):
         answer, start_char = chosen[example_idx]
         context = examples["context"][example_idx]
         s, e = starts[i], ends[i]
@@ -210,19 +172,19 @@ def audit_labels(examples: dict[str, list], tokenizer, max_length: int, doc_stri
     return records
 
 
-def prepare_eval_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int,
-                          echo: bool = False) -> dict:
-    """Batched `datasets.map` function: windows that remember their example and context offsets.
-
-    `offset_mapping` is None for every token a span may not use (the question, the special
-    tokens, the first copy of an echoed context), so a predicted span never uses them.
-    """
-    windows = _windows(examples, tokenizer, max_length, doc_stride, echo)
+def prepare_eval_features(examples: dict[str, list], tokenizer, max_length: int, doc_stride: int) -> dict:
+    """Batched `datasets.map` function: windows that remember their example and context offsets."""
+    enc = _tokenize(examples, tokenizer, max_length, doc_stride)
+    example_ids, offset_mapping = [], []
+    for i, (offsets, example_idx) in enumerate(zip(enc["offset_mapping"], enc["overflow_to_sample_mapping"])):
+        example_ids.append(examples["id"][example_idx])
+        # None marks question and special tokens, so a predicted span can never use them.
+        offset_mapping.append([o if s == 1 else None for o, s in zip(offsets, enc.sequence_ids(i))])
     return {
-        "input_ids": windows.input_ids,
-        "attention_mask": [[1] * len(ids) for ids in windows.input_ids],
-        "example_id": [examples["id"][i] for i in windows.example],
-        "offset_mapping": windows.offsets,
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "example_id": example_ids,
+        "offset_mapping": offset_mapping,
     }
 
 
@@ -339,8 +301,7 @@ class ExtractiveQA(Task):
                    label_names: list[str], train: bool) -> tuple[datasets.Dataset, dict]:
         require_columns(rows, COLUMNS, hub_id, split)
         prepare = prepare_train_features if train else prepare_eval_features
-        features = rows.map(partial(prepare, tokenizer=tokenizer, max_length=cfg.max_length, doc_stride=cfg.doc_stride,
-                                    echo=cfg.echo_context),
+        features = rows.map(partial(prepare, tokenizer=tokenizer, max_length=cfg.max_length, doc_stride=cfg.doc_stride),
                             batched=True, remove_columns=rows.column_names, load_from_cache_file=False)
         info = {"examples": len(rows), "windows": len(features)}
         if train:
