@@ -40,7 +40,7 @@ SEEDS ?= 1337 1338 1339
 JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa clean
+.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune clean
 
 install:
 	python3 -m venv .venv
@@ -126,6 +126,10 @@ bench-scaling:
 # SQuAD: rate and optimizer sweep, and F1 against training questions (issue: extractive QA that answers).
 bench-qa:
 	$(PY) bench/qa.py $(ARGS)
+
+# Fine-tuning tokens/s: length bucketing, larger batches, compile (issue: pretraining must pay off).
+bench-finetune:
+	$(PY) bench/finetune_speed.py $(ARGS)
 
 bench-loss:
 	$(PY) bench/lm_head_loss.py
