@@ -50,3 +50,19 @@ def test_tfidf_trains_on_the_fine_tunes_own_sample():
     again = load_recipe(FinetuneConfig, "recipes/finetune/trec.yaml", ["max_train_samples=100", "seed=1337"])
     assert seen["texts"] == list(task.load(again, "train")[2]["text"])
     assert np.mean([r["accuracy"] for r in rows]) > 0.3  # it learned something from 100 questions
+
+
+def test_recipe_point_stays_apart_from_the_curve_cell_of_the_same_size(tmp_path):
+    """IMDB's recipe trains on 1,000 reviews: its make-all run is not a fourth seed of the 1,000-label cell."""
+    curve = [{"task": "imdb", "n": 1000, "init": init, "seed": 1337 + s, "accuracy": acc + s / 100}
+             for init, acc in (("pretrained", 0.66), ("scratch", 0.60)) for s in range(3)]
+    recipe = [{"task": "imdb", "n": 1000, "init": "pretrained", "seed": None, "accuracy": 0.75},
+              {"task": "imdb", "n": 1000, "init": "scratch", "seed": None, "accuracy": 0.65}]
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps({"budget": "tiny", "rows": curve + recipe}))
+    cells = curves.summary(curve + recipe)
+    assert cells["imdb", 1000, False, "pretrained"] == (67.0, 1.0, 3)
+    assert cells["imdb", 1000, True, "pretrained"] == (75.0, 0.0, 1)
+    table = [line for line in curves.section(path, tmp_path) if line.startswith("| imdb |")]
+    assert table == ["| imdb | 1,000 | 67.0 ± 1.0 | 61.0 ± 1.0 | — | +6.0 |",
+                     "| imdb | 1,000 (recipe) | 75.0 | 65.0 | — | +10.0 |"]
