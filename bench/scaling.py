@@ -54,12 +54,27 @@ VARIANTS = {
                             "256×4, Muon + WSD, batch 16: the new default"),
 }
 SIZES = ("256x4 muon", "256x6 muon", "384x6 muon")  # one recipe, shape alone varies: the fit
+STUDY = list(VARIANTS)  # what `make bench-scaling` runs
+# One change each from the new default (256×4, Muon + WSD, batch 16), run by name into their own report:
+#   .venv/bin/python bench/scaling.py --report reports/bench/scaling_ablations --variants "256x4 muon batch 16" \
+#       "cosine" "adamw" "vocab 4096" "vocab 16384" "seq 256"
+DEFAULT = [*MUON_WSD, *shape(256, 4), "global_batch_size=16", "micro_batch_size=16"]
+VARIANTS |= {
+    "cosine": ([*DEFAULT, "lr_scheduler_type=cosine"], "the default with a cosine schedule instead of WSD"),
+    "adamw": ([*DEFAULT, *ADAMW_COSINE], "the default with AdamW + cosine (all weights at 2e-3) instead of Muon"),
+    "vocab 4096": ([*DEFAULT, "vocab_size=4096"], "the default with a 4,096-token vocabulary"),
+    "vocab 16384": ([*DEFAULT, "vocab_size=16384"], "the default with a 16,384-token vocabulary"),
+    "seq 256": ([*DEFAULT, "seq_len=256", "global_batch_size=32", "micro_batch_size=32"],
+                "the default at seq_len 256 (batch 32: the same 8k tokens a step)"),
+    "muon 0.01": ([*DEFAULT, "muon_learning_rate=0.01"], "the default with Muon at 0.01 instead of 0.02"),
+    "muon 0.04": ([*DEFAULT, "muon_learning_rate=0.04"], "the default with Muon at 0.04 instead of 0.02"),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="max_train_minutes of every run")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--variants", nargs="+", default=STUDY, choices=list(VARIANTS), metavar="NAME")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--runs", default="runs/bench/scaling")
     parser.add_argument("--report", default="reports/bench/scaling")
@@ -105,11 +120,13 @@ def optimum(rows: list[dict]) -> float | None:
 
 
 def markdown(rows: list[dict], machine: dict, minutes: float) -> str:
-    base = next((r for r in rows if r["variant"] == "baseline"), None)
+    # The old default when it ran, else the first row: every other row is read against it.
+    base = next((r for r in rows if r["variant"] == "baseline"), rows[0] if rows else None)
     lines = [f"# Scaling study: {minutes:g} minutes of training per run\n",
              f"CPU: {machine['cpu_model']}, {machine['torch_threads']} threads, measured bf16 matmul peak "
-             f"{machine['bf16_matmul_gflops']:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens.\n",
-             "| run | parameters | non-embedding | tokens | tokens/param | tokens/s | MFU | bits/byte | vs baseline |",
+             f"{machine['bf16_matmul_gflops']:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens. "
+             f"Δ bits/byte against: {base['what'] if base else '—'}.\n",
+             "| run | parameters | non-embedding | tokens | tokens/param | tokens/s | MFU | bits/byte | Δ |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mfu = r["flops_per_token"] * r["tokens_per_s"] / (machine["bf16_matmul_gflops"] * 1e9)
