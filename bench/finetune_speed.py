@@ -13,14 +13,13 @@ Writes reports/bench/finetune_speed.{json,md}; the runs go to runs/bench/finetun
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from pipeline.machine import describe  # noqa: E402
-from pipeline.sweep import Job, parse_with_overrides, result_row, run_jobs  # noqa: E402
+from pipeline.sweep import Job, parse_with_overrides, result_row, run_jobs, save_rows, study_parser  # noqa: E402
 
 # Timing only: no dev split, no checkpoints, a small eval sample, no time budget.
 TIMING = ["dev_fraction=0", "early_stopping_patience=0", "max_eval_samples=200", "eval_steps=100000",
@@ -46,13 +45,7 @@ def overall_speed(job: Job, report: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="runs/pretrain/cpu/final")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
-    parser.add_argument("--runs", default="runs/bench/finetune_speed")
-    parser.add_argument("--report", default="reports/bench/finetune_speed")
-    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
-    args = parse_with_overrides(parser)
+    args = parse_with_overrides(study_parser(__doc__, "finetune_speed", VARIANTS))
 
     jobs = []
     for name in args.variants:
@@ -67,10 +60,8 @@ def main() -> None:
 
 
 def write(rows: list[dict], args, report: Path) -> None:
-    report.parent.mkdir(parents=True, exist_ok=True)
     machine = describe()
-    report.with_suffix(".json").write_text(json.dumps({"machine": machine, "checkpoint": args.ckpt, "rows": rows},
-                                                      indent=2))
+    save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
     lines = ["# Fine-tuning throughput\n",
              f"`bench/finetune_speed.py`, checkpoint `{args.ckpt}`, one run at a time on {machine['torch_threads']} "
              f"threads; CPU: {machine['cpu_model']}. SST-2 variants train on {TEXTS:,} texts each. "

@@ -16,14 +16,12 @@ Writes reports/bench/qa.{md,json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from pipeline.machine import describe  # noqa: E402
-from pipeline.sweep import Job, parse_with_overrides, run_jobs  # noqa: E402
+from pipeline.sweep import Job, parse_with_overrides, run_jobs, save_rows, study_parser  # noqa: E402
 
 TASK = "squad"
 ALL = 8595  # training questions of local/squad_v1.1_dev_split
@@ -41,18 +39,13 @@ SIZES = (1000, 4000, ALL)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="runs/pretrain/cpu/final")
+    parser = study_parser(__doc__, "qa", VARIANTS)
     parser.add_argument("--parts", nargs="+", default=["sweep", "curve"], choices=["sweep", "curve"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
     parser.add_argument("--sweep-epochs", type=float, default=1.0)
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
-    parser.add_argument("--runs", default="runs/bench/qa")
     parser.add_argument("--full-runs", default="runs/finetune",
                         help="where the curve's all-questions runs go: make all's own squad runs, shared")
-    parser.add_argument("--report", default="reports/bench/qa")
-    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
     args = parse_with_overrides(parser)
 
     jobs = []
@@ -70,9 +63,7 @@ def main() -> None:
     rows = run_jobs(jobs, Path(args.ckpt), args.parallel)
     machine = describe()
     report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps({"checkpoint": args.ckpt, "sweep_epochs": args.sweep_epochs,
-                                                      "machine": machine, "rows": rows}, indent=2))
+    save_rows(report, rows, checkpoint=args.ckpt, sweep_epochs=args.sweep_epochs, machine=machine)
     text = markdown(rows, args, machine)
     report.with_suffix(".md").write_text(text)
     curve = [r for r in rows if r["part"] == "curve"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from peak import matmul_gflops  # noqa: E402
 
 from pipeline.machine import describe  # noqa: E402
-from pipeline.sweep import Job, parse_with_overrides, run_jobs  # noqa: E402
+from pipeline.sweep import Job, parse_with_overrides, run_jobs, save_rows  # noqa: E402
 
 RECIPE = "recipes/pretrain/cpu.yaml"
 # Every variant names its whole shape, optimizer, schedule and batch, so the table does not move
@@ -89,9 +89,7 @@ def main() -> None:
     rows = run_jobs(jobs, row=result_row)
     machine = {**describe(), "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16), 1)}
     report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps({"minutes": args.minutes, "machine": machine, "rows": rows},
-                                                      indent=2))
+    save_rows(report, rows, minutes=args.minutes, machine=machine)
     plot(rows, report.with_suffix(".png"), args.minutes)
     text = markdown(rows, machine, args.minutes)
     report.with_suffix(".md").write_text(text)

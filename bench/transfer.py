@@ -11,12 +11,10 @@ Writes reports/bench/transfer.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from pipeline.machine import describe
-from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs
+from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 # name → overrides on top of V1, the task's recipe as it was before this study (last-token head, one
@@ -45,15 +43,10 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default="runs/pretrain/cpu/final")
+    parser = study_parser(__doc__, "transfer", VARIANTS)
     parser.add_argument("--tasks", nargs="+", default=["emotion", "rotten_tomatoes"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
     parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
-    parser.add_argument("--runs", default="runs/bench/transfer")
-    parser.add_argument("--report", default="reports/bench/transfer")
-    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
     args = parse_with_overrides(parser)
 
     jobs = []
@@ -70,10 +63,8 @@ def main() -> None:
 
 
 def write(rows: list[dict], args, report: Path) -> None:
-    report.parent.mkdir(parents=True, exist_ok=True)
     machine = describe()
-    report.with_suffix(".json").write_text(json.dumps({"machine": machine, "checkpoint": args.ckpt, "rows": rows},
-                                                      indent=2))
+    save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
     lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
              "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Tokens/s is the "
              "median fine-tuning throughput of the pretrained runs, two fine-tunes sharing the machine's cores "

@@ -8,6 +8,7 @@ back as flat rows for tables and plots.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -79,6 +80,19 @@ def result_row(job: Job, report: dict) -> dict:
             "tokens_per_s": statistics.median(speeds) if speeds else None, "run": str(job.out)}
 
 
+def study_parser(doc: str, name: str, variants: dict, default: list | None = None) -> argparse.ArgumentParser:
+    """The options every fine-tuning study shares: --ckpt, --variants, --runs runs/bench/<name>,
+    --report reports/bench/<name>; the study adds its own, then calls parse_with_overrides."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--ckpt", default="runs/pretrain/cpu/final")
+    parser.add_argument("--variants", nargs="+", default=default or list(variants), choices=list(variants),
+                        metavar="NAME")
+    parser.add_argument("--runs", default=f"runs/bench/{name}")
+    parser.add_argument("--report", default=f"reports/bench/{name}")
+    parser.epilog = "key=value words anywhere on the line override every run's recipe (they win)."
+    return parser
+
+
 def parse_with_overrides(parser, argv: list[str] | None = None):
     """parser's arguments, plus `overrides`: every `key=value` word, wherever it stands.
 
@@ -90,6 +104,12 @@ def parse_with_overrides(parser, argv: list[str] | None = None):
     args = parser.parse_args([w for w in argv if w not in overrides])
     args.overrides = overrides
     return args
+
+
+def save_rows(report: Path, rows: list[dict], **meta) -> None:
+    """A study's results as `<report>.json`: what it ran on (`meta`: machine, checkpoint, ...) and its rows."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
