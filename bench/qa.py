@@ -34,6 +34,10 @@ VARIANTS = {
     "muon 0.01": [*MUON, "muon_learning_rate=0.01", "learning_rate=5e-4"],
     "muon 0.02": [*MUON, "muon_learning_rate=0.02", "learning_rate=5e-4"],
     "muon 0.005, adapt 300": [*MUON, "muon_learning_rate=0.005", "learning_rate=5e-4", "adapt_steps=300"],
+    # Discriminative rates (issue "Pretraining must pay off"): the new span head 6x faster, or each
+    # layer below the top at 0.7x the one above it.
+    "muon 0.005, head lr 3e-3": [*MUON, "muon_learning_rate=0.005", "learning_rate=5e-4", "head_learning_rate=3e-3"],
+    "muon 0.005, layer decay 0.7": [*MUON, "muon_learning_rate=0.005", "learning_rate=5e-4", "layer_lr_decay=0.7"],
 }
 SIZES = (1000, 4000, ALL)
 
