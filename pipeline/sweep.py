@@ -74,10 +74,11 @@ def result_row(job: Job, report: dict) -> dict:
     metrics = report["metrics"]
     train = [json.loads(line) for line in (job.out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in train if r["split"] == "train" and "tokens_per_s" in r]
+    tokens = max((r["tokens"] for r in train if r["split"] == "train" and "tokens" in r), default=0)
     return {"task": job.task, **job.labels, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
             "exact_match": metrics.get("exact_match"), "steps": report["steps"], "best_step": report.get("best_step"),
             "train_seconds": report["train_seconds"], "wall_seconds": report["wall_seconds"],
-            "tokens_per_s": statistics.median(speeds) if speeds else None, "run": str(job.out)}
+            "tokens_per_s": statistics.median(speeds) if speeds else None, "tokens": tokens, "run": str(job.out)}
 
 
 def study_parser(doc: str, name: str, variants: dict, default: list | None = None) -> argparse.ArgumentParser:
