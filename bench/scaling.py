@@ -10,6 +10,7 @@ against, measured side by side on this machine. Runs go one at a time on all cor
 
     make bench-scaling                     # every variant, 8 minutes each (about 50 minutes in all)
     .venv/bin/python bench/scaling.py --minutes 2 --variants baseline   # a smoke run
+    make bench-scaling ARGS="--seeds 2"    # each variant at seeds 1337 and 1338: mean, sd, each seed
 Writes reports/bench/scaling.{md,json,png}.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from peak import matmul_gflops  # noqa: E402
 
 from pipeline.machine import describe  # noqa: E402
-from pipeline.sweep import Job, parse_with_overrides, run_jobs, save_rows  # noqa: E402
+from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows  # noqa: E402
 
 RECIPE = "recipes/pretrain/cpu.yaml"
 # Every variant names its whole shape, optimizer, schedule and batch, so the table does not move
@@ -75,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="max_train_minutes of every run")
     parser.add_argument("--variants", nargs="+", default=STUDY, choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant, at seeds 1337, 1338, ...")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--runs", default="runs/bench/scaling")
     parser.add_argument("--report", default="reports/bench/scaling")
@@ -83,17 +86,24 @@ def main() -> None:
 
     common = [f"max_train_minutes={args.minutes:g}", "max_steps=100000", "eval_steps=100", "save_steps=100000",
               "num_samples=0"]
-    jobs = [Job(None, Path(args.runs) / f"{name.replace(' ', '-')}-{args.minutes:g}min",
-                [*common, *VARIANTS[name][0], *args.overrides],
-                {"variant": name, "what": VARIANTS[name][1]}, recipe=args.recipe) for name in args.variants]
+    seeds = [1337 + i for i in range(args.seeds)]
+    jobs = [Job(None, Path(args.runs) / run_name(name, args.minutes, seed),
+                [*common, *VARIANTS[name][0], f"seed={seed}", *args.overrides],
+                {"variant": name, "what": VARIANTS[name][1], "seed": seed}, recipe=args.recipe)
+            for name in args.variants for seed in seeds]
     rows = run_jobs(jobs, row=result_row)
     machine = {**describe(), "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16), 1)}
     report = Path(args.report)
     save_rows(report, rows, minutes=args.minutes, machine=machine)
-    plot(rows, report.with_suffix(".png"), args.minutes)
-    text = markdown(rows, machine, args.minutes)
+    plot(by_variant(rows), report.with_suffix(".png"), args.minutes)
+    text = markdown(by_variant(rows), machine, args.minutes)
     report.with_suffix(".md").write_text(text)
     print(text)
+
+
+def run_name(variant: str, minutes: float, seed: int) -> str:
+    # The first seed keeps the plain folder name, so a study rerun with more seeds reuses its runs.
+    return f"{variant.replace(' ', '-')}-{minutes:g}min" + ("" if seed == 1337 else f"-seed{seed}")
 
 
 def result_row(job: Job, run: dict) -> dict:
@@ -108,6 +118,19 @@ def result_row(job: Job, run: dict) -> dict:
             "run": str(job.out)}
 
 
+def by_variant(rows: list[dict]) -> list[dict]:
+    """One row per variant: its seeds' mean (bits/byte, tokens, speed), the sd and each seed's bits/byte."""
+    merged = []
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r for r in rows if r["variant"] == name]
+        bpb, sd = mean_sd([r["bits_per_byte"] for r in runs])
+        merged.append({**runs[0], "bits_per_byte": bpb, "bits_per_byte_sd": sd,
+                       "seed_bits_per_byte": [r["bits_per_byte"] for r in runs],
+                       **{k: statistics.fmean(r[k] for r in runs)
+                          for k in ("tokens", "tokens_per_s", "tokens_per_parameter")}})
+    return merged
+
+
 def optimum(rows: list[dict]) -> float | None:
     """Parameters at the minimum of a parabola in log(parameters) through the SIZES rows (None if < 3)."""
     pts = [(math.log(r["parameters"]), r["bits_per_byte"]) for r in rows if r["variant"] in SIZES]
@@ -120,18 +143,24 @@ def optimum(rows: list[dict]) -> float | None:
 def markdown(rows: list[dict], machine: dict, minutes: float) -> str:
     # The old default when it ran, else the first row: every other row is read against it.
     base = next((r for r in rows if r["variant"] == "baseline"), rows[0] if rows else None)
+    seeds = max(len(r["seed_bits_per_byte"]) for r in rows) if rows else 1
     lines = [f"# Scaling study: {minutes:g} minutes of training per run\n",
              f"CPU: {machine['cpu_model']}, {machine['torch_threads']} threads, measured bf16 matmul peak "
              f"{machine['bf16_matmul_gflops']:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens. "
-             f"Δ bits/byte against: {base['what'] if base else '—'}.\n",
-             "| run | parameters | non-embedding | tokens | tokens/param | tokens/s | MFU | bits/byte | Δ |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Δ bits/byte against: {base['what'] if base else '—'}. "
+             + (f"Bits/byte, tokens and tokens/s are means over {seeds} seeds (1337, 1338, ...); the sd and each "
+                "seed's figure follow." if seeds > 1 else "One seed (1337).") + "\n",
+             "| run | parameters | non-embedding | tokens | tokens/param | tokens/s | MFU | bits/byte | Δ |"
+             + (" sd | each seed |" if seeds > 1 else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---|" if seeds > 1 else "")]
     for r in rows:
         mfu = r["flops_per_token"] * r["tokens_per_s"] / (machine["bf16_matmul_gflops"] * 1e9)
         delta = f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f}" if base else ""
         lines.append(f"| {r['what']} | {r['parameters'] / 1e6:.2f}M | {r['non_embedding_parameters'] / 1e6:.2f}M | "
                      f"{r['tokens'] / 1e6:.2f}M | {r['tokens_per_parameter']:.2f} | {r['tokens_per_s']:,.0f} | "
-                     f"{mfu:.0%} | {r['bits_per_byte']:.4f} | {delta} |")
+                     f"{mfu:.0%} | {r['bits_per_byte']:.4f} | {delta} |"
+                     + (f" {r['bits_per_byte_sd']:.4f} | {', '.join(f'{b:.4f}' for b in r['seed_bits_per_byte'])} |"
+                        if seeds > 1 else ""))
     best = optimum(rows)
     if best:
         lines.append(f"\nA parabola in log(parameters) through the shape-only rows bottoms out at {best / 1e6:.1f}M parameters "

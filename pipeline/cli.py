@@ -34,13 +34,15 @@ def _parser() -> argparse.ArgumentParser:
                              "runs/probe/<task>")):
         t = stages.add_parser(name, help=help)
         t.add_argument("--task", required=True)
-        t.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+        t.add_argument("--ckpt", help="pretrained model folder (default: the one make all's fine-tunes started "
+                   "from, else the newest runs/pretrain/*/final)")
         t.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
         t.add_argument("--out", help=f"default: {out}")
         t.add_argument("overrides", nargs="*", metavar="key=value")
 
     c = stages.add_parser("curves", help="sample efficiency: every classification task at 100 and 1,000 labels")
-    c.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+    c.add_argument("--ckpt", help="pretrained model folder (default: the one make all's fine-tunes started "
+                   "from, else the newest runs/pretrain/*/final)")
     c.add_argument("--tasks", nargs="+", help="default: every classification task")
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], choices=[100, 1000])
@@ -128,10 +130,12 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         evaluate.run([Path(c) for c in args.ckpt or []], Path(args.runs), Path(args.report))
     elif args.stage == "curves":
+        from pipeline import curves as study
         from pipeline.checkpoint import newest_final
         from pipeline.stages import curves
 
-        ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+        ckpt = (Path(args.ckpt) if args.ckpt else study.full_budget_checkpoint(Path(args.runs) / "finetune")
+                or newest_final("runs/pretrain"))
         curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides,
                    args.parallel)
     elif args.stage == "predict":

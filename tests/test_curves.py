@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -66,3 +67,17 @@ def test_recipe_point_stays_apart_from_the_curve_cell_of_the_same_size(tmp_path)
     table = [line for line in curves.section(path, tmp_path) if line.startswith("| imdb |")]
     assert table == ["| imdb | 1,000 | 67.0 ± 1.0 | 61.0 ± 1.0 | — | +6.0 |",
                      "| imdb | 1,000 (recipe) | 75.0 | 65.0 | — | +10.0 |"]
+
+
+def test_curves_start_from_the_checkpoint_make_all_fine_tuned(tmp_path):
+    """The full-budget points come from make all's runs, so by default the small sizes share their checkpoint."""
+    def run(name, ckpt):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"checkpoint": ckpt, "metrics": {}}))
+
+    assert curves.full_budget_checkpoint(tmp_path) is None  # no make all yet: the CLI falls back to the newest
+    run("sst2", "runs/pretrain/cpu/final")
+    run("sst2-scratch", "runs/pretrain/cpu/final")  # scratch runs name it too: its tokenizer
+    assert curves.full_budget_checkpoint(tmp_path) == Path("runs/pretrain/cpu/final")
+    run("trec", "runs/pretrain/other/final")
+    assert curves.full_budget_checkpoint(tmp_path) is None  # two checkpoints: no single answer to default to
