@@ -69,6 +69,8 @@ VARIANTS |= {
     "seq 256": ([*DEFAULT, "seq_len=256", "global_batch_size=32", "micro_batch_size=32"],
                 "the default at seq_len 256 (batch 32: the same 8k tokens a step)"),
     "muon 0.01": ([*DEFAULT, "muon_learning_rate=0.01"], "the default with Muon at 0.01 instead of 0.02"),
+    "vocab 4096, seq 256": ([*DEFAULT, "vocab_size=4096", "seq_len=256", "global_batch_size=32", "micro_batch_size=32"],
+                            "the default with a 4,096-token vocabulary and seq_len 256 (batch 32): the two winners"),
     "muon 0.04": ([*DEFAULT, "muon_learning_rate=0.04"], "the default with Muon at 0.04 instead of 0.02"),
 }
 
