@@ -34,15 +34,14 @@ def _parser() -> argparse.ArgumentParser:
                              "runs/probe/<task>")):
         t = stages.add_parser(name, help=help)
         t.add_argument("--task", required=True)
-        t.add_argument("--ckpt", help="pretrained model folder (default: the one make all's fine-tunes started "
-                   "from, else the newest runs/pretrain/*/final)")
+        t.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
         t.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
         t.add_argument("--out", help=f"default: {out}")
         t.add_argument("overrides", nargs="*", metavar="key=value")
 
     c = stages.add_parser("curves", help="sample efficiency: every classification task at 100 and 1,000 labels")
     c.add_argument("--ckpt", help="pretrained model folder (default: the one make all's fine-tunes started "
-                   "from, else the newest runs/pretrain/*/final)")
+                                   "from, else the newest runs/pretrain/*/final)")
     c.add_argument("--tasks", nargs="+", help="default: every classification task")
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], choices=[100, 1000])
