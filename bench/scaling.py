@@ -97,8 +97,9 @@ def main() -> None:
     machine = {**describe(), "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16), 1)}
     report = Path(args.report)
     save_rows(report, rows, minutes=args.minutes, machine=machine)
-    plot(by_variant(rows), report.with_suffix(".png"), args.minutes)
-    text = markdown(by_variant(rows), machine, args.minutes)
+    merged = by_variant(rows)
+    plot(merged, report.with_suffix(".png"), args.minutes)
+    text = markdown(merged, machine, args.minutes)
     report.with_suffix(".md").write_text(text)
     print(text)
 
