@@ -181,6 +181,7 @@ def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, mo
     ("early_stopping_patience=2", "needs a dev split to watch"),
     ("adapt_steps=-3", "must be >= 0"),
     ("early_stopping_metric=perplexity", "must be one of"),
+    ("truncation_side=middle", "must be one of right, left"),
 ])
 def test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, override, message, task="sst2"):
     with pytest.raises(SystemExit) as exit:
@@ -239,3 +240,25 @@ def test_mean_pooling_on_qa_exits_2(tiny_pretrain, tmp_path, capsys):
 def test_early_stopping_on_a_metric_the_task_lacks_exits_2(tiny_pretrain, tmp_path, capsys):
     test_bad_transfer_keys_exit_2(tiny_pretrain, tmp_path, capsys, "early_stopping_metric=loss",
                                   "reports exact_match, f1", task="squad")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncation_side_keeps_bos_and_that_end_and_travels_with_the_tokenizer(tiny_pretrain, tmp_path, side):
+    task = TASKS["imdb"]
+    cfg = recipe("max_train_samples=16", "max_length=32", f"truncation_side={side}")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_pretrain / "final")
+    _, split, rows = task.load(cfg, "train")
+    features, info = task.preprocess(rows, tokenizer, cfg, task.dataset, split, ["neg", "pos"], True)
+    texts = list(rows["text"])
+    full = tokenizer(texts)["input_ids"]
+    long = [i for i, ids in enumerate(full) if len(ids) > 32]
+    assert long and info["truncated"] == len(long)  # IMDB reviews run longer than 32 tokens
+    for i in long:
+        kept = features[i]["input_ids"]
+        expected = full[i][:32] if side == "right" else [tokenizer.bos_token_id] + full[i][-31:]
+        assert kept == expected
+    # The saved tokenizer cuts a text the way training did, for plain transformers at inference.
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (reloaded.truncation_side, reloaded.model_max_length) == (side, 32)
+    assert reloaded(texts[long[0]], truncation=True)["input_ids"] == features[long[0]]["input_ids"]

@@ -38,7 +38,8 @@ def run(task_name: str, ckpt: str | None, text: str | None, question: str | None
         tokenizer = load_tokenizer(folder, config)
         model = load_weights(folder, AutoModelForSequenceClassification, config).eval()
         with torch.no_grad():
-            probs = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+            # truncation=True: the max_length and side the run was trained with (saved in its tokenizer)
+            probs = model(**tokenizer(text, truncation=True, return_tensors="pt")).logits.softmax(-1)[0]
         best = int(probs.argmax())
         print(f"{model.config.id2label[best]}\t{probs[best]:.4f}")
         return

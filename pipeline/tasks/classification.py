@@ -62,7 +62,12 @@ class Classification(Task):
                                 f"({len(empty)} rows): drop empty rows before fine-tuning")
         ids = tokenizer(texts)["input_ids"]
         truncated = sum(len(x) > cfg.max_length for x in ids)
-        ids = [x[: cfg.max_length] for x in ids]
+        # The tokenizer is saved with the run: it records the length and side it was trained with, and
+        # cuts (keeping BOS) the same way at inference.
+        tokenizer.truncation_side, tokenizer.model_max_length = cfg.truncation_side, cfg.max_length
+        tokenizer.init_kwargs["truncation_side"] = cfg.truncation_side  # save_pretrained writes init_kwargs' keys
+        if truncated:
+            ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
         features = datasets.Dataset.from_dict({
             "input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels.tolist()})
         return features, {"examples": len(rows), "truncated": truncated}
