@@ -235,9 +235,6 @@ class FinetuneConfig(TrainConfig):
     # the best weights are kept. The eval split is only read once, at the end. 0 = off.
     dev_fraction: float = 0.0
     early_stopping_patience: int = 0
-    # What the dev evaluation is ranked by: "" = the task's headline metric (accuracy, SQuAD's F1), or
-    # "loss" (classification; lower is better), steadier than accuracy on a dev split of 100 examples.
-    early_stopping_metric: str = ""
     # Task-adaptive LM training (ULMFiT stage 2): causal-LM steps on the task's training texts, labels
     # unused, before the head is trained. 0 = off; only with init=pretrained.
     adapt_steps: int = 0
@@ -253,8 +250,6 @@ class FinetuneConfig(TrainConfig):
             _bad("dev_fraction", self.dev_fraction, "must be in [0, 1): the share of the training sample held out")
         if self.early_stopping_patience < 0:
             _bad("early_stopping_patience", self.early_stopping_patience, "must be >= 0 (0 = off)")
-        if self.early_stopping_metric:  # "" = the task's headline metric
-            _choice("early_stopping_metric", self.early_stopping_metric, ("accuracy", "f1", "exact_match", "loss"))
         if self.early_stopping_patience and not self.dev_fraction:
             _bad("early_stopping_patience", self.early_stopping_patience,
                  "needs a dev split to watch: set dev_fraction (e.g. 0.1), never the eval split")

@@ -50,27 +50,20 @@ def split_dev(rows: datasets.Dataset, fraction: float, seed: int,
     return rows.select(np.flatnonzero(~in_dev)), rows.select(np.flatnonzero(in_dev))
 
 
-LOWER_IS_BETTER = {"loss"}
-
-
 class EarlyStopping:
     """Called after each dev evaluation with its metrics; returns True when training should stop."""
 
     def __init__(self, folder: Path, metric: str, patience: int, is_main_process: bool = True):
         self.folder, self.metric, self.patience, self.main = folder, metric, patience, is_main_process
-        self.sign = -1 if metric in LOWER_IS_BETTER else 1
         saved = folder / STATE
         self.state = json.loads(saved.read_text()) if saved.is_file() else \
             {"metric": metric, "best": None, "best_step": None, "since_best": 0}
-        if self.state["metric"] != metric:
-            raise PipelineError(f"{folder} holds the best weights by dev {self.state['metric']}, and this run watches "
-                                f"{metric}: resume with early_stopping_metric={self.state['metric']}, or use a new --out")
 
     def __call__(self, model, step: int, metrics: dict) -> bool:
         if self.metric not in metrics:
             raise PipelineError(f"early stopping watches '{self.metric}', which the dev evaluation does not report")
         score = metrics[self.metric]
-        if self.state["best"] is None or self.sign * score > self.sign * self.state["best"]:
+        if self.state["best"] is None or score > self.state["best"]:
             self.state.update(best=score, best_step=step, since_best=0)
             self._save(model)
         else:

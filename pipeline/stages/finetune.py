@@ -41,10 +41,6 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if cfg.pooling != "last" and task.kind != "classification":
         raise PipelineError(f"pooling={cfg.pooling} is for classification heads; {task.name} scores every token: "
                             "use pooling=last")
-    stop_metric = cfg.early_stopping_metric or task.headline
-    if stop_metric not in task.dev_metrics:
-        raise PipelineError(f"early_stopping_metric={stop_metric}: the {task.name} dev evaluation reports "
-                            f"{', '.join(task.dev_metrics)}; pick one of them")
 
     # All input is validated; from here on the output folder may be written.
     if acc.is_main_process and cfg.overwrite:
@@ -83,7 +79,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if dev_rows is not None:
         watch = (lambda m: evaluate(m, dev_rows, dev_features))
         if cfg.early_stopping_patience:
-            stopper = EarlyStopping(out / checkpoint.BEST_DIR, stop_metric, cfg.early_stopping_patience, acc.is_main_process)
+            stopper = EarlyStopping(out / checkpoint.BEST_DIR, task.headline, cfg.early_stopping_patience, acc.is_main_process)
     else:
         watch = evaluate
     trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), watch, out, on_evaluate=stopper,
@@ -93,7 +89,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if stopper is not None:
         acc.wait_for_everyone()
         best_step = stopper.restore_best(trainer.model)
-        acc.print(f"kept the weights of step {best_step} (best dev {stop_metric} {stopper.state['best']:.4f})")
+        acc.print(f"kept the weights of step {best_step} (best dev {task.headline} {stopper.state['best']:.4f})")
     metrics = trainer.last_eval
     if dev_rows is not None:  # the eval split is read once, now, by the weights that are kept
         metrics = evaluate(trainer.model)

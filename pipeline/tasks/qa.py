@@ -282,7 +282,6 @@ class ExtractiveQA(Task):
 
     metrics: tuple[str, ...] = ("squad",)
     headline: ClassVar[str] = "f1"
-    dev_metrics: ClassVar[tuple[str, ...]] = ("exact_match", "f1")
     dev_group: ClassVar[str | None] = "title"  # early stopping holds out whole articles, as the eval split does
     kind = "qa"
     model_kind = "qa"
