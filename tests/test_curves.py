@@ -23,6 +23,10 @@ def test_curves_write_the_table_and_the_plot(tiny_pretrain, tmp_path):
     models = sorted((r["init"], r["seed"]) for r in rows)
     assert models == sorted((m, s) for m in ("pretrained", "scratch", "TF-IDF + LR") for s in (1337, 1338))
     assert all(r["n"] == 100 and 0 <= r["accuracy"] <= 1 for r in rows)
+    for run in (out / "trec").iterdir():  # every label trains; the final weights are the ones scored
+        report = json.loads((run / "eval.json").read_text())
+        assert report["train"]["examples"] == 100 and report["dev_examples"] == 0 and report["best_step"] is None
+        assert not (run / "best").exists()
     lines = curves.section(out / "curves.json", tmp_path)
     table = [line for line in lines if line.startswith("| trec |")]
     assert len(table) == 1 and "| 100 |" in table[0] and " ± " in table[0]

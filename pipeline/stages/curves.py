@@ -25,7 +25,7 @@ def run(ckpt: Path, tasks: list[str] | None, runs: Path, out: Path, seeds: int =
         recipe = Path("recipes/finetune") / f"{task}.yaml"
         rows += curves.tfidf_rows(task, recipe if recipe.is_file() else None, sizes, seeds)
     rows += curves.full_budget_rows(runs / "finetune", runs / "baselines", tasks)
-    budget = "; ".join(f"{n}: {' '.join(curves.BUDGET[n] + curves.EARLY_STOPPING)}" for n in sizes)
+    budget = "; ".join(f"{n}: {' '.join(curves.BUDGET[n] + curves.ALL_LABELS)}" for n in sizes)
     path = out / "curves.json"
     path.write_text(json.dumps({"checkpoint": str(ckpt), "budget": budget, "rows": rows}, indent=2))
     print(f"wrote {path}")
