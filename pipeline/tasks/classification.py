@@ -60,16 +60,18 @@ class Classification(Task):
             raise PipelineError(f"dataset {hub_id} split '{split}' row {empty[0]} has an empty text "
                                 f"({len(empty)} rows): drop empty rows before fine-tuning")
         ids = tokenizer(texts)["input_ids"]
-        truncated = sum(len(x) > cfg.max_length for x in ids)
+        long = [i for i, x in enumerate(ids) if len(x) > cfg.max_length]
         # The tokenizer is saved with the run: it records the length and side it was trained with, and
-        # cuts (keeping BOS) the same way at inference.
+        # cuts (keeping BOS) the same way at inference; here it cuts the long texts.
         tokenizer.truncation_side, tokenizer.model_max_length = cfg.truncation_side, cfg.max_length
         tokenizer.init_kwargs["truncation_side"] = cfg.truncation_side  # save_pretrained writes init_kwargs' keys
-        if truncated:
-            ids = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        if long:
+            cut = tokenizer([texts[i] for i in long], truncation=True, max_length=cfg.max_length)["input_ids"]
+            for i, x in zip(long, cut):
+                ids[i] = x
         features = datasets.Dataset.from_dict({
             "input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels.tolist()})
-        return features, {"examples": len(rows), "truncated": truncated}
+        return features, {"examples": len(rows), "truncated": len(long)}
 
     def evaluate(self, model, rows, features, accelerator, cfg: FinetuneConfig, tokenizer,
                  label_names: list[str]) -> tuple[dict, dict]:
