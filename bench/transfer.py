@@ -7,12 +7,19 @@ head's init and the data order. Runs go to runs/bench/transfer/ and are reused w
 
     python bench/transfer.py [--tasks emotion rotten_tomatoes] [--seeds 3] [--variants NAME ...]
 Writes reports/bench/transfer.{json,md}.
+
+    python bench/transfer.py --labels 1000 [...]
+measures the levers on `make curves`' 1,000-label cell instead (pipeline/curves.py: its step
+budget, all labels, no dev split), where a run takes a minute, so every lever gets 3 seeds. Runs go
+to runs/bench/transfer_n1000/, the report to reports/bench/transfer_n1000.{json,md}.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from pipeline import curves
 from pipeline.machine import describe
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows, study_parser
 
@@ -40,18 +47,45 @@ VARIANTS = {
     "LP-FT (head alone 100 steps)": ["head_learning_rate=3e-3", "freeze_body_steps=100"],
     "mean + LP-FT (head alone 100 steps)": [*MEAN_DLR, "freeze_body_steps=100"],
 }
+# name → overrides on top of the curve's cell (`--labels N`): the recipe, pooling=mean and the head at
+# 3e-3, with curves.BUDGET[N]'s steps and rates, all N labels and the final weights.
+CELL_VARIANTS = {
+    "curve cell": [],
+    "fp32": ["mixed_precision=no"],
+    "layer decay 0.8": ["layer_lr_decay=0.8"],
+    "LP-FT (head alone 30 steps)": ["freeze_body_steps=30"],
+    "adapt 60 steps": ["adapt_steps=60", "adapt_seq_len=128"],
+    "weight decay 0.1": ["weight_decay=0.1"],
+    "head lr 1e-2": ["head_learning_rate=1e-2"],
+    "body lr 1e-3": ["learning_rate=1e-3"],
+    "300 steps": ["max_steps=300", "eval_steps=300", "warmup_steps=30"],
+}
 
 
 def main() -> None:
-    parser = study_parser(__doc__, "transfer", VARIANTS)
+    # --labels decides which variants --variants may name and where runs and report go: read it first
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--labels", type=int)
+    labels = pre.parse_known_args()[0].labels
+    parser = study_parser(__doc__, f"transfer_n{labels}" if labels else "transfer",
+                          CELL_VARIANTS if labels else VARIANTS)
     parser.add_argument("--tasks", nargs="+", default=["emotion", "rotten_tomatoes"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--labels", type=int, choices=curves.SIZES,
+                        help="measure on make curves' cell of this many labelled examples, not the recipe")
     parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
     args = parse_with_overrides(parser)
 
     jobs = []
-    for task in args.tasks:
-        for v, name in enumerate(args.variants):
+    for name in args.variants:
+        if args.labels:  # the curve's own plan for this cell, plus the variant
+            index = list(CELL_VARIANTS).index(name)
+            cell = curves.plan(args.tasks, Path(args.runs) / f"v{index}", (args.labels,), args.seeds,
+                               [*CELL_VARIANTS[name], *args.overrides])
+            jobs += [Job(j.task, j.out, j.overrides, {"variant": name, "init": j.labels["init"],
+                                                      "seed": j.labels["seed"]}) for j in cell]
+            continue
+        for task in args.tasks:
             for init in ("pretrained", "scratch"):
                 for seed in range(args.seeds):
                     out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
@@ -65,7 +99,10 @@ def main() -> None:
 def write(rows: list[dict], args, report: Path) -> None:
     machine = describe()
     save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
+    base = (f"`make curves`' {args.labels:,}-label cell ({' '.join(curves.BUDGET[args.labels] + curves.ALL_LABELS)}, "
+            f"max_train_samples={args.labels}) plus the variant" if args.labels else "the v1 recipe plus the variant")
     lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
+             f"Each run: the task's recipe, {base}.",
              "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Tokens/s is the "
              "median fine-tuning throughput of the pretrained runs, two fine-tunes sharing the machine's cores "
              "(and, in this session, other work): a rough figure, not a benchmark.\n"]
