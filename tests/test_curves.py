@@ -9,6 +9,7 @@ import numpy as np
 
 from conftest import run_cli
 from pipeline import curves
+from pipeline.baselines import tfidf_lr
 from pipeline.config import FinetuneConfig, load_recipe
 from pipeline.tasks import TASKS
 
@@ -85,3 +86,13 @@ def test_curves_start_from_the_checkpoint_make_all_fine_tuned(tmp_path):
     assert curves.full_budget_checkpoint(tmp_path) == Path("runs/pretrain/cpu/final")
     run("trec", "runs/pretrain/other/final")
     assert curves.full_budget_checkpoint(tmp_path) is None  # two checkpoints: no single answer to default to
+
+
+def test_tfidf_is_reproducible():
+    """The baseline a fine-tune is judged against gives the same predictions on every run."""
+    cfg = load_recipe(FinetuneConfig, "recipes/finetune/rotten_tomatoes.yaml", ["max_train_samples=1000"])
+    task = TASKS["rotten_tomatoes"]
+    _, _, train = task.load(cfg, "train")
+    _, _, evals = task.load(cfg, "eval")
+    runs = [tfidf_lr(train["text"], np.asarray(train["label"]), evals["text"]) for _ in range(3)]
+    assert len(runs[0]) == len(evals) and all(np.array_equal(runs[0], r) for r in runs[1:])
