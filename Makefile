@@ -104,8 +104,11 @@ all:
 	  xargs -P $(JOBS) -L 1 bash -c 'stage "$$@"' stage
 	$(PY) -m pipeline evaluate --report $(REPORT)
 
+# The suite is mostly short CLI runs, bound by one thread's start-up and per-step overhead: one
+# pytest worker per core, each on one thread (tests/conftest.py), beats one worker on all of them.
+TEST_WORKERS ?= auto
 test:
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench-pretrain:
 	$(PY) bench/pretrain.py

@@ -15,6 +15,10 @@ os.environ.setdefault("PIPELINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs one worker per core: one thread each,
+    # for this process and the CLI runs it starts, so workers do not fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 TINY = ROOT / "recipes" / "pretrain" / "tiny.yaml"
 
 
