@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 from conftest import FINETUNE_TINY, run_cli
 from pipeline.config import FinetuneConfig, load_recipe
-from pipeline.features import POOLINGS, pooled_hidden_states
+from pipeline import features
+from pipeline.features import POOLINGS, PROBE_CS, pooled_hidden_states
 from pipeline.heads import load_head
 from pipeline.stages import probe
 from pipeline.tasks import get_task
@@ -40,24 +41,44 @@ def test_probe_writes_every_init_layer_and_pooling(tiny_pretrain, tmp_path):
     assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_probe_is_fit_on_the_train_sample_only(tiny_pretrain, tmp_path, monkeypatch):
-    rows = {"scaler fit": [], "fit": [], "predict": []}
-
+def spy_on_rows(monkeypatch, rows: dict):
+    """spy(cls, method, key): record in rows[key] how many rows each call of cls.method receives."""
     def spy(cls, method, key):
         original = getattr(cls, method)
 
         def record(self, X, *args, **kwargs):
-            rows[key].append(len(X))
+            rows.setdefault(key, []).append(len(X))
             return original(self, X, *args, **kwargs)
         monkeypatch.setattr(cls, method, record)
+    return spy
+
+
+def test_probe_is_fit_on_the_train_sample_only(tiny_pretrain, tmp_path, monkeypatch):
+    rows = {"scaler fit": [], "fit": [], "predict": []}
+    spy = spy_on_rows(monkeypatch, rows)
 
     spy(StandardScaler, "fit", "scaler fit")
-    spy(LogisticRegression, "fit", "fit")
-    spy(LogisticRegression, "predict", "predict")
+    # The cross-validation that picks C runs inside LogisticRegressionCV.fit, on the rows it is given.
+    spy(LogisticRegressionCV, "fit", "fit")
+    spy(LogisticRegressionCV, "predict", "predict")
     cfg = load_recipe(FinetuneConfig, FINETUNE_TINY, ["max_train_samples=96", "max_eval_samples=40"])
     report = probe.run("sst2", cfg, tiny_pretrain / "final", tmp_path / "probe")
     fits = 2 * report["layers"] * len(POOLINGS)  # inits × layers × poolings
     assert rows == {"scaler fit": [96] * fits, "fit": [96] * fits, "predict": [40] * fits}
+    assert {r["C"] for r in report["results"]} <= set(PROBE_CS)
+
+
+def test_a_large_train_sample_chooses_c_on_a_subsample_then_refits_on_all(tiny_pretrain, tmp_path, monkeypatch):
+    monkeypatch.setattr(features, "PROBE_CV_ROWS", 64)
+    rows = {}
+    spy = spy_on_rows(monkeypatch, rows)
+    spy(LogisticRegressionCV, "fit", "cross-validated")
+    spy(LogisticRegression, "fit", "refit")  # LogisticRegressionCV overrides fit: only the refit lands here
+    cfg = load_recipe(FinetuneConfig, FINETUNE_TINY, ["max_train_samples=96", "max_eval_samples=40"])
+    report = probe.run("sst2", cfg, tiny_pretrain / "final", tmp_path / "probe")
+    fits = 2 * report["layers"] * len(POOLINGS)
+    assert rows == {"cross-validated": [64] * fits, "refit": [96] * fits}
+    assert {r["C"] for r in report["results"]} <= set(PROBE_CS)
 
 
 def test_pooled_features_are_what_the_head_reads_and_ignore_padding(tiny_pretrain):

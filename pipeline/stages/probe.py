@@ -22,7 +22,7 @@ from pipeline.attention import check_backend
 from pipeline.checkpoint import inspect_model_folder
 from pipeline.config import FinetuneConfig
 from pipeline.errors import PipelineError
-from pipeline.features import POOLINGS, PROBE_C, linear_probe, pooled_hidden_states
+from pipeline.features import POOLINGS, PROBE_CS, PROBE_FOLDS, linear_probe, pooled_hidden_states
 from pipeline.heads import load_head
 from pipeline.tasks import TASKS, get_task
 from pipeline.tasks.classification import scores
@@ -64,8 +64,9 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         n_states, hidden = body.config.num_hidden_layers + 1, body.config.hidden_size
         for layer in tqdm(range(n_states), desc=f"{name} probes", unit="layer"):
             for pooling in POOLINGS:
-                predicted = linear_probe(x["train"][pooling][layer], y["train"], x["eval"][pooling][layer], cfg.seed)
-                results.append({"init": name, "layer": layer, "pooling": pooling,
+                predicted, c = linear_probe(x["train"][pooling][layer], y["train"], x["eval"][pooling][layer],
+                                            cfg.seed)
+                results.append({"init": name, "layer": layer, "pooling": pooling, "C": c,
                                 **scores(predicted, y["eval"], len(labels))})
         del model, body, x
 
@@ -77,7 +78,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "max_length": cfg.max_length, "seed": cfg.seed, "layers": n_states, "hidden_size": hidden,
         "layer_meaning": f"0 = embeddings, i = decoder layer i's output, {n_states - 1} = after the final norm",
         "poolings": {"last": "last non-padding token", "mean": "mean over the text's tokens, BOS and padding excluded"},
-        "probe": {"model": "StandardScaler + LogisticRegression (lbfgs)", "C": PROBE_C, "fit_on": "train"},
+        "probe": {"model": "StandardScaler + LogisticRegression (lbfgs)", "fit_on": "train",
+                  "C": f"chosen from {list(PROBE_CS)} by {PROBE_FOLDS}-fold stratified CV on train"},
         "majority": scores(np.full_like(y["eval"], majority), y["eval"], len(labels)),
         "results": results,
         # Chosen on the eval split the probes are scored on: an optimistic figure, for both inits alike.
@@ -101,7 +103,8 @@ def _markdown(report: dict) -> str:
              f"Checkpoint `{report['checkpoint']}`; {report['dataset']}: {report['train_examples']:,} train "
              f"({report['train_split']}), {report['eval_examples']:,} eval ({report['eval_split']}) examples, "
              f"max_length {report['max_length']}, seed {report['seed']}. Layers: {report['layer_meaning']}. "
-             f"Logistic regression (C={PROBE_C}) fit on train features, scored on eval (%). "
+             f"Logistic regression fit on train features, its C chosen from {list(PROBE_CS)} by "
+             f"{PROBE_FOLDS}-fold cross-validation on train; scored on eval (%). "
              f"Majority class: {100 * report['majority']['accuracy']:.1f} accuracy.", "",
              "| layer | pooling | pretrained acc | random acc | Δ acc | pretrained F1 | random F1 | Δ F1 |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
