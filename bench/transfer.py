@@ -64,6 +64,8 @@ CELL_VARIANTS = {
     "no adapt, 300 steps": [*NO_ADAPT, "max_steps=300", "eval_steps=300", "warmup_steps=30"],
     "adapt 30 steps": ["adapt_steps=30"],
     "adapt 120 steps": ["adapt_steps=120"],
+    "last-token pooling (not mean)": ["pooling=last"],
+    "no warmup (not 15 steps)": ["warmup_steps=0"],
 }
 
 
