@@ -7,6 +7,9 @@ the checkpoint's config and the body is loaded by name from the safetensors file
 the causal LM's own prefix (`model.`, or GPT-2's `transformer.`) is stripped, every weight of
 `model.base_model` must be found, and only the head stays new. Any family transformers has the
 head for works: Llama, Mistral, Qwen2, GPT-2 and others, with the checkpoint's own tokenizer.
+
+The levers that reach inside the body (mean pooling's extra block, Muon's and layer decay's depths)
+find its transformer blocks by structure (`transformer_blocks`), not by Llama's parameter names.
 """
 
 from __future__ import annotations
@@ -71,3 +74,11 @@ def load_body(model, ckpt: Path, config) -> None:
             f"unexpected {list(unexpected)[:3]}): pass a checkpoint of the same architecture"
         )
 
+
+def transformer_blocks(body: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The body's transformer blocks, found by structure: its one ModuleList child of
+    config.num_hidden_layers blocks of a single type (Llama's, Mistral's and Qwen2's `layers`, GPT-2's
+    `h`); None if it has no such list, so that callers can fall back rather than guess by name."""
+    found = [child for child in body.children() if isinstance(child, torch.nn.ModuleList)
+             and len(child) == getattr(body.config, "num_hidden_layers", None) and len({type(b) for b in child}) == 1]
+    return found[0] if len(found) == 1 else None

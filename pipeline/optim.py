@@ -13,7 +13,8 @@ A causal LM has no head: its LM head shares the embedding matrix.
 (embeddings and the tied LM head, norms, biases, task heads) with AdamW as above. Layer decay applies
 to the Muon groups too: layer i trains at muon_learning_rate × layer_lr_decay^(top − depth). The two
 are stepped as one optimizer (CombinedOptimizer), so the loop, accelerate, the schedule (it scales
-every group of both) and the checkpoint see a single optimizer.
+every group of both) and the checkpoint see a single optimizer. The blocks are found by structure (Llama's
+`layers`, GPT-2's `h`); a body without a list of them trains with AdamW alone, and says so.
 
 Schedules are transformers.get_scheduler's; `wsd` (warmup_stable_decay) warms up linearly over
 warmup_steps, stays constant, and decays to 0 over the last `decay_fraction` of the steps in the
@@ -23,7 +24,6 @@ Durations": better than a linear cooldown at the same length).
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import defaultdict
 
@@ -33,33 +33,35 @@ from transformers import get_scheduler
 
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
-
-LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+from pipeline.heads import transformer_blocks
 
 
 def parameter_depths(model: torch.nn.Module) -> dict[str, int | None]:
-    """Each trainable parameter's depth in the body: 0 for embeddings, i+1 for layer i, the number
-    of layers + 1 for what sits above the last layer (the final norm); None for the head."""
-    body = {id(p) for p in model.base_model.parameters()}
-    n_layers = model.config.num_hidden_layers
-    depths = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if id(p) not in body:
-            depths[name] = None
-        elif (match := LAYER.search(name)) is not None:
-            depths[name] = int(match.group(1)) + 1
-        elif "embed" in name or "wte" in name or "wpe" in name:
-            depths[name] = 0
-        else:
-            depths[name] = n_layers + 1  # the final norm, and any layer added above the checkpoint's
-    return depths
+    """Each trainable parameter's depth in the body: 0 for the embeddings (tokens, and GPT-2's positions),
+    i+1 for transformer block i, the number of blocks + 1 for what sits above them (the final norm);
+    None for the head. Blocks are found by structure (heads.transformer_blocks), so GPT-2's `h.1.attn`
+    sits at depth 2 as Llama's `layers.1.self_attn` does; a body without them has depths 0 and 1 only."""
+    body = model.base_model
+    blocks = transformer_blocks(body) or []
+    in_body = {id(p) for p in body.parameters()}
+    depth_of = {id(p): 0 for m in body.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    depth_of.update({id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()})
+    above = len(blocks) + 1
+    return {name: depth_of.get(id(p), above) if id(p) in in_body else None
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
-def is_hidden_matrix(name: str, param: torch.Tensor, depth: int | None) -> bool:
-    """A 2-D weight inside a transformer layer of the body: what Muon trains with optimizer=muon."""
-    return depth is not None and param.ndim == 2 and LAYER.search(name) is not None
+def hidden_matrices(model: torch.nn.Module) -> set[int]:
+    """ids of the 2-D weights inside the body's transformer blocks: what Muon trains with optimizer=muon.
+
+    GPT-2's Conv1D stores a weight as [in, out], transposed against nn.Linear's [out, in]. Muon's
+    orthogonalised update is the same for a matrix and its transpose, but its sqrt(max(1, rows/cols))
+    scale reads the shape: on GPT-2 the ×2 of a 4×-wide MLP goes to the down projection (c_proj,
+    [4d, d]) instead of the up projection (c_fc), and q, k and v are orthogonalised as one [d, 3d]
+    matrix (c_attn) where Llama's are three.
+    """
+    blocks = transformer_blocks(model.base_model) or []
+    return {id(p) for block in blocks for p in block.parameters() if p.ndim == 2 and p.requires_grad}
 
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -68,7 +70,7 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     Each group's "optimizer" says which optimizer takes it: "muon" for the layers' weight matrices
     when cfg.optimizer is muon (named "muon-depth-N"), "adamw" for everything else.
     """
-    depths = parameter_depths(model)
+    depths, hidden = parameter_depths(model), hidden_matrices(model)
     top = max((d for d in depths.values() if d is not None), default=0)
     head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
     groups: dict[tuple, list] = defaultdict(list)
@@ -76,7 +78,7 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         if name not in depths:
             continue
         depth = depths[name]
-        muon = cfg.optimizer == "muon" and is_hidden_matrix(name, p, depth)
+        muon = cfg.optimizer == "muon" and id(p) in hidden
         peak = cfg.muon_learning_rate if muon else cfg.learning_rate
         lr = head_lr if depth is None else peak * cfg.layer_lr_decay ** (top - depth)
         decay = cfg.weight_decay if p.ndim >= 2 else 0.0
@@ -92,6 +94,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
                               betas=(cfg.adam_beta1, cfg.adam_beta2),
                               fused=True)  # one kernel for the whole update, on CPU as on GPU
     if cfg.optimizer == "adamw":
+        return adamw
+    if not any(g["optimizer"] == "muon" for g in groups):
+        print(f"optimizer=muon: {type(model.base_model).__name__} has no list of transformer blocks to take weight "
+              "matrices from; using optimizer=adamw", flush=True)
         return adamw
     # Muon's decoupled weight decay is lr-scaled like AdamW's (p ← p·(1 − lr·wd)), at Muon's larger rate.
     # Its update is scaled by sqrt(max(1, rows/cols)) (Keller Jordan's "original" adjustment).

@@ -10,14 +10,19 @@ Every attention score is then 0, the softmax is uniform over the tokens a positi
 last token receives the mean of the (normed, projected) states of the whole text. Zero queries and
 keys also get zero gradients (each one's gradient is proportional to the other), so the layer stays
 an exact mean while its value/output projections and MLP train. The saved model is an ordinary
-Llama/Mistral/Qwen2 with one more layer: `pipeline("text-classification", model=...)` still loads it.
+Llama/Mistral/Qwen2/GPT-2 with one more layer: `pipeline("text-classification", model=...)` still loads it.
+
+GPT-2 computes q, k and v with one Conv1D (`c_attn`): its q and k parts are zeroed, to the same end.
+Its attention dropout (attn_pdrop) perturbs the mean while training, as it does every GPT-2 block's
+attention; in eval mode the mean is exact.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
-from pipeline.errors import PipelineError
+from pipeline.heads import transformer_blocks
 
 POOLINGS = ("last", "mean")
 
@@ -33,25 +38,43 @@ def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
     token's own state once the final norm rescales both. With a `calibration` batch (a few training
     examples), the output projection is scaled so that the mean's RMS is POOLED_TO_RESIDUAL times the
     residual's at the last tokens, and the head mostly reads the mean from the first step.
+
+    A body whose blocks are of neither kind keeps last-token pooling, and says so in one line.
     """
     body, config = model.base_model, model.config
-    layers = getattr(body, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-        raise PipelineError(f"pooling=mean needs a Llama-style body with .layers; {type(body).__name__} has none: "
-                            "use pooling=last")
-    index = len(layers)
+    blocks = transformer_blocks(body)
+    init = _mean_init_for(blocks[-1]) if blocks is not None else None
+    if init is None:
+        print(f"pooling=mean: {type(body).__name__} has no list of Llama- or GPT-2-style transformer blocks to add "
+              "a mean-pooling block to; using pooling=last", flush=True)
+        return
+    index = len(blocks)
     config.num_hidden_layers = index + 1
     if getattr(config, "layer_types", None) is not None:  # Qwen2/Mistral-style per-layer attention kinds
         config.layer_types = [*config.layer_types[:index], "full_attention"]
-    layer = type(layers[-1])(config, layer_idx=index)
-    _init_as_mean(layer, config)
-    layers.append(layer.to(next(body.parameters()).dtype))
+    layer = type(blocks[-1])(config, layer_idx=index)
+    output_projection = init(layer, config)
+    blocks.append(layer.to(next(body.parameters()).dtype))
     if calibration is not None:
-        _calibrate(model, layer, calibration)
+        _calibrate(model, layer, output_projection, calibration)
+
+
+def _mean_init_for(block):
+    """How to make a new copy of `block` a mean: separate q/k/v/o projections (Llama, Mistral, Qwen2)
+    or GPT-2's fused c_attn; None for any other kind of block."""
+    attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+    split = ((attn, "q_proj"), (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"), (mlp, "down_proj"))
+    if all(isinstance(getattr(module, name, None), torch.nn.Linear) for module, name in split):
+        return _init_split_as_mean
+    attn = getattr(block, "attn", None)
+    fused = ((attn, "c_attn"), (attn, "c_proj"), (mlp, "c_proj"))
+    if all(isinstance(getattr(module, name, None), Conv1D) for module, name in fused):
+        return _init_fused_as_mean
+    return None
 
 
 @torch.no_grad()
-def _calibrate(model, layer, batch: dict) -> None:
+def _calibrate(model, layer, output_projection, batch: dict) -> None:
     seen = {}
     hook = layer.register_forward_hook(
         lambda module, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args else None),
@@ -67,11 +90,11 @@ def _calibrate(model, layer, batch: dict) -> None:
     last = batch["attention_mask"].sum(1) - 1  # right padding: the last real token of each row
     x, y = seen["x"][rows, last].float(), seen["y"][rows, last].float()
     residual, pooled = x.pow(2).mean(-1).sqrt().mean(), (y - x).pow(2).mean(-1).sqrt().mean()
-    layer.self_attn.o_proj.weight.mul_(POOLED_TO_RESIDUAL * residual / pooled)
+    output_projection.weight.mul_(POOLED_TO_RESIDUAL * residual / pooled)  # its bias is zero
 
 
 @torch.no_grad()
-def _init_as_mean(layer, config) -> None:
+def _init_split_as_mean(layer, config) -> torch.nn.Module:
     attn, mlp = layer.self_attn, layer.mlp
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = attn.head_dim
@@ -88,4 +111,27 @@ def _init_as_mean(layer, config) -> None:
     v = attn.v_proj.weight.view(kv_heads, head_dim, -1)
     group = heads // kv_heads
     attn.o_proj.weight.copy_(torch.cat([v[h // group].T for h in range(heads)], dim=1) / group)
+    if attn.o_proj.bias is not None:
+        attn.o_proj.bias.zero_()
     mlp.down_proj.weight.zero_()  # the MLP starts as a no-op and learns from there
+    if mlp.down_proj.bias is not None:
+        mlp.down_proj.bias.zero_()
+    return attn.o_proj
+
+
+@torch.no_grad()
+def _init_fused_as_mean(layer, config) -> torch.nn.Module:
+    """GPT-2: c_attn is one Conv1D whose [in, 3·d] weight yields q, k and v side by side (every head
+    has its own k and v). Its q and k columns and biases are zeroed; the value columns V are orthogonal
+    and the output projection c_proj is V.T. Conv1D computes x @ W + b (W is [in, out], transposed against
+    nn.Linear), so the block adds mean @ V @ V.T: the mean of the ln_1-normed states itself."""
+    attn, d = layer.attn, config.hidden_size
+    attn.c_attn.weight[:, :2 * d].zero_()
+    attn.c_attn.bias.zero_()
+    v = torch.nn.init.orthogonal_(torch.empty(d, d))
+    attn.c_attn.weight[:, 2 * d:].copy_(v)
+    attn.c_proj.weight.copy_(v.T)
+    attn.c_proj.bias.zero_()
+    layer.mlp.c_proj.weight.zero_()  # the MLP starts as a no-op and learns from there
+    layer.mlp.c_proj.bias.zero_()
+    return attn.c_proj

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PIPELINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -30,10 +31,13 @@ def cache_dir(tmp_path_factory):
     return path
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline ARGS` as a user would, capturing output."""
+def run_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS` as a user would, capturing output (`env`: variables to add)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=os.environ.copy())
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # run_cli(env=CPU_ONLY): the CPU path, also on a machine with a GPU
 
 
 def read_metrics(run: Path, split: str) -> list[dict]:
@@ -90,3 +94,44 @@ def tiny_qa(tiny_pretrain, tmp_path_factory) -> Path:
                       "max_train_samples=96", "max_steps=30", "max_eval_samples=24")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+# Bring-your-own checkpoints: tiny causal LMs of each family the README names, built from configs.
+BYO_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+BYO_FAMILIES = {
+    "llama": lambda v: transformers.LlamaConfig(vocab_size=v, **BYO_SIZES),
+    "mistral": lambda v: transformers.MistralConfig(vocab_size=v, sliding_window=None, **BYO_SIZES),
+    "qwen2": lambda v: transformers.Qwen2Config(vocab_size=v, **BYO_SIZES),
+    "gpt2": lambda v: transformers.GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_positions=512),
+}
+
+
+@pytest.fixture(scope="module")
+def byo_texts() -> list[str]:
+    """Real text for a BYO checkpoint's tokenizer: 100 SQuAD contexts and their questions."""
+    import datasets
+
+    squad = datasets.load_dataset(str(Path(os.environ["PIPELINE_DATA_DIR"]) / "local/squad_v1.1_dev_split"),
+                                  split="train")
+    rows = squad.select(range(100))
+    return list(rows["context"]) + list(rows["question"])
+
+
+def save_byo(folder: Path, family: str, texts: list[str], pad: bool = True, eos: bool = True) -> Path:
+    """A user's own causal-LM folder: `family` built tiny from its config, with a tokenizer trained on `texts`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(texts, 400)
+    if not pad:  # like GPT-2's, Llama's and Mistral's own tokenizers
+        tokenizer.pad_token = None
+    if not eos:
+        tokenizer.eos_token = None
+    config = BYO_FAMILIES[family](len(tokenizer))
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
