@@ -30,9 +30,9 @@ import transformers
 from accelerate.state import AcceleratorState, GradientState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from peak import default_device, default_sizes, matmul_gflops  # noqa: E402
+from peak import default_device, default_sizes, matmul_gflops, training_peak  # noqa: E402
 
-from pipeline import corpus  # noqa: E402
+from pipeline import corpus, precision  # noqa: E402
 from pipeline.attention import check_backend  # noqa: E402
 from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
@@ -83,12 +83,14 @@ def reset_state() -> None:
     gc.collect()
 
 
-def run_pipeline(cfg: PretrainConfig, data) -> list[float]:
-    """pipeline.trainer.Trainer, set up as pipeline/stages/pretrain.py does (evaluation is a no-op)."""
+def run_pipeline(cfg: PretrainConfig, data, model=None) -> list[float]:
+    """pipeline.trainer.Trainer, set up as pipeline/stages/pretrain.py does (evaluation is a no-op).
+
+    `model`: a model to train instead of the recipe's fresh one (bench/gpu.py: another vocabulary size)."""
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         acc = make_accelerator(cfg, Path(tmp))
         check_backend(cfg.attn_implementation, acc.device, training=True)
-        trainer = TimedTrainer(cfg, acc, fresh_model(cfg, data), data.train,
+        trainer = TimedTrainer(cfg, acc, model if model is not None else fresh_model(cfg, data), data.train,
                                collate=PackedCollator(data.tokenizer.eos_token_id, cfg.doc_masking),
                                evaluate=lambda model: {}, out=Path(tmp))
         try:
@@ -133,16 +135,19 @@ def main() -> None:
         ap.error("--steps and --warmup must be >= 1")
 
     cfg = load_recipe(PretrainConfig, a.recipe, a.overrides)
+    # `auto` resolved once here, so that transformers.Trainer gets the same precision as ours.
     cfg = dataclasses.replace(cfg, max_steps=a.warmup + a.steps + 1, eval_steps=NEVER, save_steps=NEVER,
-                              num_samples=0, resume=False)
+                              num_samples=0, resume=False,
+                              mixed_precision=precision.resolve(cfg.mixed_precision, default_device()).mode)
     accum = cfg.gradient_accumulation_steps(1)
     tokens_per_step = cfg.global_batch_size * cfg.seq_len
 
     device = default_device()
     print(f"peak: timing bf16 and fp32 torch.mm on {device} ({torch.get_num_threads()} threads)")
-    peak = matmul_gflops(torch.bfloat16, device, default_sizes(device))
+    peak_dtype, peak = training_peak(device)  # MFU's denominator: the precision the run trains in
+    peak_bf16 = matmul_gflops(torch.bfloat16, device, default_sizes(device))
     peak_fp32 = matmul_gflops(torch.float32, device, default_sizes(device))
-    print(f"peak: bf16 {peak:,.0f} GFLOP/s, fp32 {peak_fp32:,.0f} GFLOP/s")
+    print(f"peak: bf16 {peak_bf16:,.0f} GFLOP/s, fp32 {peak_fp32:,.0f} GFLOP/s; MFU against {peak_dtype}")
 
     data = corpus.build(cfg)
     probe = fresh_model(cfg, data)
@@ -169,7 +174,8 @@ def main() -> None:
     report = {
         "tokens_per_s": tok_s, "trainer_tokens_per_s": hf_tok_s,
         "speedup_vs_trainer": None if hf_tok_s is None else tok_s / hf_tok_s,
-        "mfu": mfu(tok_s), "trainer_mfu": mfu(hf_tok_s), "peak_gflops": peak, "peak_gflops_fp32": peak_fp32,
+        "mfu": mfu(tok_s), "trainer_mfu": mfu(hf_tok_s), "peak_dtype": peak_dtype, "peak_gflops": peak,
+        "peak_gflops_bf16": peak_bf16, "peak_gflops_fp32": peak_fp32,
         "seconds_per_step": step_s, "trainer_seconds_per_step": hf_step_s,
         "median_seconds_per_step": step_med, "trainer_median_seconds_per_step": hf_step_med,
         "parameters": counts["total"], "non_embedding_parameters": counts["non_embedding"],

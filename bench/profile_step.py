@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from pipeline import corpus  # noqa: E402
+from pipeline import corpus, precision  # noqa: E402
 from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.lm import PackedCollator  # noqa: E402
@@ -70,7 +70,8 @@ def main() -> None:
     step_model = torch.compile(model) if cfg.compile else model
     collate = PackedCollator(data.tokenizer.eos_token_id, cfg.doc_masking)
     accum = cfg.gradient_accumulation_steps(1)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+    bf16 = precision.resolve(cfg.mixed_precision, torch.device("cpu")).mode == "bf16"  # as the trainer would
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     batches = (collate([data.train[i] for i in range(s, s + cfg.micro_batch_size)])
                for s in range(0, len(data.train), cfg.micro_batch_size))
 

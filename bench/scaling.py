@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from peak import matmul_gflops  # noqa: E402
+from peak import training_peak  # noqa: E402
 
 from pipeline.machine import describe  # noqa: E402
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows  # noqa: E402
@@ -94,7 +94,8 @@ def main() -> None:
                 {"variant": name, "what": VARIANTS[name][1], "seed": seed}, recipe=args.recipe)
             for name in args.variants for seed in seeds]
     rows = run_jobs(jobs, row=result_row)
-    machine = {**describe(), "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16), 1)}
+    dtype, gflops = training_peak(torch.device("cpu"))  # the precision the runs train in (mixed_precision: auto)
+    machine = {**describe(), "matmul_peak_dtype": dtype, "matmul_gflops": round(gflops, 1)}
     report = Path(args.report)
     save_rows(report, rows, minutes=args.minutes, machine=machine)
     merged = by_variant(rows)
@@ -147,9 +148,12 @@ def markdown(rows: list[dict], machine: dict, minutes: float) -> str:
     # The old default when it ran, else the first row: every other row is read against it.
     base = next((r for r in rows if r["variant"] == "baseline"), rows[0] if rows else None)
     seeds = max(len(r["seed_bits_per_byte"]) for r in rows) if rows else 1
+    # Reports written before `mixed_precision: auto` name the bf16 peak only.
+    peak = machine.get("matmul_gflops", machine.get("bf16_matmul_gflops"))
+    peak_dtype = machine.get("matmul_peak_dtype", "bfloat16")
     lines = [f"# Scaling study: {minutes:g} minutes of training per run\n",
-             f"CPU: {machine['cpu_model']}, {machine['torch_threads']} threads, measured bf16 matmul peak "
-             f"{machine['bf16_matmul_gflops']:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens. "
+             f"CPU: {machine['cpu_model']}, {machine['torch_threads']} threads, measured {peak_dtype} matmul peak "
+             f"{peak:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens. "
              f"Δ bits/byte against: {base['what'] if base else '—'}. "
              + (f"Bits/byte, tokens and tokens/s are means over {seeds} seeds (1337, 1338, ...); the sd and each "
                 "seed's figure follow." if seeds > 1 else "One seed (1337).") + "\n",
@@ -157,7 +161,7 @@ def markdown(rows: list[dict], machine: dict, minutes: float) -> str:
              + (" sd | each seed |" if seeds > 1 else ""),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---|" if seeds > 1 else "")]
     for r in rows:
-        mfu = r["flops_per_token"] * r["tokens_per_s"] / (machine["bf16_matmul_gflops"] * 1e9)
+        mfu = r["flops_per_token"] * r["tokens_per_s"] / (peak * 1e9)
         delta = f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f}" if base else ""
         lines.append(f"| {r['what']} | {r['parameters'] / 1e6:.2f}M | {r['non_embedding_parameters'] / 1e6:.2f}M | "
                      f"{r['tokens'] / 1e6:.2f}M | {r['tokens_per_parameter']:.2f} | {r['tokens_per_s']:,.0f} | "

@@ -20,6 +20,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from pipeline import machine
 from pipeline.errors import PipelineError
 
 SCALED_SDPA = "scaled_sdpa"
@@ -82,6 +83,42 @@ def check_backend(name: str, device: torch.device, training: bool) -> None:
     if name == "flex_attention" and training and device.type == "cpu":
         raise PipelineError("attn_implementation=flex_attention has no backward pass on CPU in this torch: "
                             "train with sdpa or eager, and use flex_attention for evaluation only")
+    if name == "flex_attention" and device.type == "cpu" and not flex_attention_is_right_on_cpu():
+        raise PipelineError("attn_implementation=flex_attention computes wrong attention on this CPU (its compiled "
+                            "kernel failed a self-check against sdpa): use sdpa or eager here")
+
+
+FLEX_CHECK_TOLERANCE = 1e-3
+
+
+def flex_attention_is_right_on_cpu() -> bool:
+    """Whether flex attention computes what SDPA does on this CPU, at this thread count: measured once, cached.
+
+    The CPU kernel that inductor generates for flex attention (torch 2.13) can be wrong with no error:
+    on an AVX2-only EPYC it returned NaN for more than half of the logits; on a Zen 4 it is right on 2
+    threads and off by up to 0.13 in the logits on one. A backend that can be wrong is checked before it
+    is trusted, in the state the run will use: the thread count is part of the cache key.
+    """
+    key = f"flex_attention_cpu_{torch.get_num_threads()}_threads"
+    return bool(machine.probed(key, lambda: {"right": _flex_matches_sdpa()})["right"])
+
+
+def _flex_matches_sdpa() -> bool:
+    """A tiny Llama (grouped-query heads, a short causal batch) run through transformers with flex and with
+    SDPA, same weights: the path a run takes, since flex's own kernel can be right where the model's call is not."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name in ("sdpa", "flex_attention"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(config, attn_implementation=name).eval()
+        with torch.no_grad():
+            logits[name] = model(input_ids=ids, use_cache=False).logits
+    got, want = logits["flex_attention"], logits["sdpa"]
+    return bool(torch.isfinite(got).all()) and (got - want).abs().max().item() < FLEX_CHECK_TOLERANCE
 
 
 def attn_implementation_for(config, requested: str) -> str:

@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from pipeline import precision
 from pipeline.errors import PipelineError
 from pipeline.optim import is_wsd, wsd_decay_steps
 
@@ -64,8 +65,8 @@ class TimeBudget:
             if projected > self.seconds:
                 raise PipelineError(
                     f"max_train_minutes={self.minutes:g} is shorter than the warmup: warmup_steps={self.warmup_steps} "
-                    f"would take about {projected / 60:.2g} minutes at the measured {pace:.3g} s per step; "
-                    "raise max_train_minutes or lower warmup_steps")
+                    f"would take about {projected / 60:.2g} minutes at the measured {pace:.3g} s per step"
+                    f"{self._precision_note()}")
         if state.step < min(self.measure_at, max_steps):
             return None
         if state.step >= max_steps:  # the recipe's max_steps comes first: nothing to fix
@@ -92,6 +93,14 @@ class TimeBudget:
             return None
         state.budget_steps = steps
         return steps
+
+    def _precision_note(self) -> str:
+        """Names the precision with the pace, and blames emulated bf16 when that is the likely cause."""
+        if self.acc is None:
+            return "; raise max_train_minutes or lower warmup_steps"
+        mode = self.acc.mixed_precision
+        emulated = precision.emulated_bf16_note(mode, self.acc.device)
+        return f" in {'fp32' if mode == 'no' else mode}{emulated or '; raise max_train_minutes or lower warmup_steps'}"
 
     def _steps_that_fit(self, state, pace: float) -> int:
         """The step count at which the budget runs out if the steps left go at `pace` seconds each."""

@@ -21,7 +21,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from pipeline.errors import PipelineError
 
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "blocksparse_sdpa")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "muon")
 # The names transformers.get_scheduler accepts (SchedulerType) that this loop can drive with only
 # warmup_steps and max_steps, plus "wsd" for warmup_stable_decay. Left out: reduce_lr_on_plateau and
@@ -69,7 +69,7 @@ class TrainConfig:
     max_eval_samples: Optional[int] = None
     resume: bool = False  # continue from the newest checkpoint in the output folder
     overwrite: bool = False  # allow starting over in a folder that already holds a run
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "auto"  # bf16 where this machine multiplies it natively, else fp32 (pipeline/precision.py)
     compile: bool = False
     attn_implementation: str = "sdpa"
     num_workers: int = 0  # DataLoader worker processes
@@ -159,7 +159,7 @@ class CorpusSource:
     split: str = "train"
     eval_split: Optional[str] = "validation"  # null: hold out documents from `split`
     text_column: str = "text"
-    weight: float = 1.0  # sampling probability in the mixture (normalised)
+    weight: float = 1.0  # share of the training tokens this corpus gives (normalised; pipeline/mixture.py)
 
 
 @dataclass
@@ -171,6 +171,9 @@ class PretrainConfig(TrainConfig):
     eval_split: Optional[str] = "validation"
     mixture: list[CorpusSource] = field(default_factory=list)
     max_documents: Optional[int] = None  # read at most this many documents per corpus split
+    # Training tokens of the corpus, split among the sources by weight; a source with too few repeats (epochs).
+    # null = the most at which no source repeats (a single corpus: all of it).
+    max_tokens: Optional[int] = None
     holdout_documents: int = 50  # validation documents taken from train when a corpus has no eval split
     vocab_size: int = 8192
     tokenizer_documents: int = 2000  # documents the tokenizer is trained on
@@ -194,6 +197,8 @@ class PretrainConfig(TrainConfig):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _bad(key, value, "must be > 0")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            _bad("max_tokens", self.max_tokens, "must be > 0 (training tokens), or null for the most without repeats")
         for i, src in enumerate(self.sources()):
             if not src.dataset:
                 _bad(f"mixture[{i}].dataset", src.dataset, "must name a dataset hub id")

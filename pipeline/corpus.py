@@ -1,10 +1,12 @@
 """Pretraining corpus: documents → tokenizer → one token stream → packed blocks, cached on disk.
 
-Documents are joined with EOS and cut into `seq_len` blocks without padding. The blocks are
-stored as a flat memory-mapped array (`train.bin`, `eval.bin`), like nanoGPT, so a second
-run with the same recipe skips tokenizer training and tokenization entirely. Document
-boundaries stay visible inside every block: they are the EOS tokens, from which the
-collator derives per-document `position_ids` for document masking.
+Each corpus of a mixture gives its weight's share of the tokens (pipeline/mixture.py), so every
+source is tokenized before the mixture decides what to keep. Documents are joined with EOS and
+cut into `seq_len` blocks without padding. The blocks are stored as a flat memory-mapped array
+(`train.bin`, `eval.bin`), like nanoGPT, so a second run with the same recipe skips tokenizer
+training and tokenization entirely. Document boundaries stay visible inside every block: they
+are the EOS tokens, from which the collator derives per-document `position_ids` for document
+masking.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from pipeline import mixture
 from pipeline.config import CorpusSource, PretrainConfig
 from pipeline.data import load_split, require_columns
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import train_tokenizer
+from pipeline.tokenizer import token_byte_lengths, train_tokenizer
 
 CACHE_ENV = "PIPELINE_CACHE_DIR"
 
@@ -87,7 +90,8 @@ def build(cfg: PretrainConfig, log=print) -> PackedCorpus:
     """Load (or build and cache) the tokenizer and packed blocks for a pretraining recipe."""
     sources = cfg.sources()
     corpus_key = _hash({"sources": [asdict(s) for s in sources], "max_documents": cfg.max_documents,
-                        "holdout": cfg.holdout_documents, "seed": cfg.data_seed, "v": 1})
+                        "max_tokens": cfg.max_tokens, "holdout": cfg.holdout_documents, "seed": cfg.data_seed,
+                        "v": 2})
     tok_key = _hash({"corpus": corpus_key, "vocab": cfg.vocab_size, "docs": cfg.tokenizer_documents})
     folder = cache_root() / f"corpus-{_hash({'tok': tok_key, 'seq_len': cfg.seq_len})}"
     if not (folder / "stats.json").is_file():
@@ -107,33 +111,42 @@ def build(cfg: PretrainConfig, log=print) -> PackedCorpus:
 
 
 def _build_into(folder: Path, cfg: PretrainConfig, sources: list[CorpusSource], log) -> None:
-    train_docs, eval_docs = _documents(cfg, sources)
-    log(f"corpus: {len(train_docs):,} train / {len(eval_docs):,} validation documents")
+    trains, evals = _documents(cfg, sources)
+    log(f"corpus: read {sum(map(len, trains)):,} train / {sum(map(len, evals)):,} validation documents")
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    n_tok_docs = min(cfg.tokenizer_documents, len(train_docs))
-    log(f"tokenizer: training byte-level BPE, vocab {cfg.vocab_size}, on {n_tok_docs:,} documents")
-    tokenizer = train_tokenizer((t for t in train_docs.select(range(n_tok_docs))["text"]), cfg.vocab_size)
+    texts = mixture.tokenizer_texts(sources, trains, cfg.tokenizer_documents, cfg.data_seed)
+    log(f"tokenizer: training byte-level BPE, vocab {cfg.vocab_size}, on {len(texts):,} documents")
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
     tokenizer.save_pretrained(tmp / "tokenizer")
+    del texts
 
     stats = {"seq_len": cfg.seq_len, "vocab_size": len(tokenizer)}
-    for split, docs in (("train", train_docs), ("eval", eval_docs)):
-        stream = token_stream(docs, tokenizer)
-        blocks, leftover = pack(stream, cfg.seq_len)
-        blocks.astype(np.uint32).tofile(tmp / f"{split}.bin")
-        stats[split] = {"documents": len(docs), "tokens": int(len(stream)), "blocks": int(len(blocks)),
-                        "leftover_tokens": int(len(leftover)), "bytes": int(sum(map(len, _utf8(docs))))}
-        log(f"corpus: {split}: {len(stream):,} tokens → {len(blocks):,} blocks of {cfg.seq_len} "
+    byte_lengths = token_byte_lengths(tokenizer)
+    for split, docs, total in (("train", trains, cfg.max_tokens), ("eval", evals, None)):
+        tokenized = [document_tokens(d, tokenizer) for d in docs]
+        mixed = mixture.mix(sources, tokenized, split, total, cfg.data_seed, tokenizer.eos_token_id)
+        del tokenized
+        for row in mixed.sources:
+            log(f"corpus: {split}: {row['dataset']}: {row['documents']:,} documents, {row['tokens']:,} tokens, "
+                f"share {row['share']:.3f}, {row['epochs']:.2f} epochs")
+        blocks, leftover = pack(mixed.stream, cfg.seq_len)
+        blocks.tofile(tmp / f"{split}.bin")
+        stats[split] = {"documents": sum(row["documents"] for row in mixed.sources), "tokens": int(len(mixed.stream)),
+                        "blocks": int(len(blocks)), "leftover_tokens": int(len(leftover)),
+                        "bytes": _bytes(mixed.stream, byte_lengths), "sources": mixed.sources}
+        log(f"corpus: {split}: {len(mixed.stream):,} tokens → {len(blocks):,} blocks of {cfg.seq_len} "
             f"({len(leftover)} leftover tokens)")
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # a run killed mid-build leaves only a .tmp folder behind
 
 
-def _documents(cfg: PretrainConfig, sources: list[CorpusSource]) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Train and validation documents (column `text`), mixed by weight across sources."""
+def _documents(cfg: PretrainConfig,
+               sources: list[CorpusSource]) -> tuple[list[datasets.Dataset], list[datasets.Dataset]]:
+    """Each source's train and validation documents (column `text`)."""
     trains, evals = [], []
     for src in sources:
         if src.eval_split:
@@ -146,12 +159,7 @@ def _documents(cfg: PretrainConfig, sources: list[CorpusSource]) -> tuple[datase
             train = train.select(range(len(train) - n_hold))
         trains.append(_clean(train, src, src.split, cfg.max_documents))
         evals.append(_clean(held, src, src.eval_split or "holdout", cfg.max_documents))
-    if len(sources) == 1:
-        return trains[0], evals[0]
-    weights = np.array([s.weight for s in sources], dtype=float)
-    probs = (weights / weights.sum()).tolist()
-    mix = dict(probabilities=probs, seed=cfg.data_seed, stopping_strategy="first_exhausted")
-    return datasets.interleave_datasets(trains, **mix), datasets.interleave_datasets(evals, **mix)
+    return trains, evals
 
 
 def _clean(ds: datasets.Dataset, src: CorpusSource, split: str, limit: int | None) -> datasets.Dataset:
@@ -171,6 +179,11 @@ def _clean(ds: datasets.Dataset, src: CorpusSource, split: str, limit: int | Non
 
 def token_stream(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
     """One stream of token ids: every document as <bos> text <eos>."""
+    return document_tokens(docs, tokenizer).ids
+
+
+def document_tokens(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> mixture.Tokenized:
+    """Every document as <bos> text <eos>, as one id array with the offsets where each document starts."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def encode(batch):
@@ -182,12 +195,15 @@ def token_stream(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> 
     tokenized = docs.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc,
                          desc="tokenizing", load_from_cache_file=False)
     column = tokenized.data.column("input_ids").combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).astype(np.uint32)
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    ids = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32)
+    return mixture.Tokenized(ids, offsets - offsets[0])
 
 
-def _utf8(docs: datasets.Dataset):
-    for text in docs["text"]:
-        yield text.encode("utf-8")
+def _bytes(stream: np.ndarray, byte_lengths: np.ndarray) -> int:
+    """UTF-8 bytes the stream stands for: byte-level BPE maps every token to bytes exactly (special ones to none)."""
+    chunk = 1 << 22  # token ids looked up a few million at a time, not as one int64 copy of the stream
+    return int(sum(byte_lengths[stream[i:i + chunk]].sum() for i in range(0, len(stream), chunk)))
 
 
 def _hash(obj) -> str:

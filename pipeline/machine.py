@@ -1,12 +1,24 @@
 """What machine a figure was measured on: CPU model, threads, accelerator. Speeds are only
-comparable side by side on one machine, so every run.json and bench report records this."""
+comparable side by side on one machine, so every run.json and bench report records this.
+
+It also keeps what was measured once about this machine (`probed`): whether its CPU multiplies
+bf16 natively (pipeline/precision.py), whether flex attention computes right on it
+(pipeline/attention.py). Answers are cached per CPU model, torch version and ISA limits, so every
+run on one machine decides alike, and the probe's cost is paid once.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+# Environment variables that change which kernels torch and oneDNN pick: part of the probe cache key.
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
 def cpu_model() -> str:
@@ -19,6 +31,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def accelerator_name() -> str:
+    """The GPU's name, or the CPU model without one."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
+
+
 def describe() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def probed(name: str, measure: Callable[[], dict]) -> dict:
+    """`measure()`'s answer for this machine, from the cache or measured now and cached."""
+    key = f"{name} | {cpu_model()} | torch {torch.__version__} | " + \
+        (",".join(f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ) or "no ISA limits")
+    path = Path(os.environ.get("PIPELINE_CACHE_DIR", "data/cache")) / "machine.json"  # beside the corpus cache
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+            tmp.write_text(json.dumps(known, indent=2))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only means measuring again next time
+    return known[key]

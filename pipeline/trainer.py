@@ -22,7 +22,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pipeline import checkpoint
+from pipeline import checkpoint, precision
 from pipeline.budget import TimeBudget
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
@@ -60,11 +60,14 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     cpu = not torch.cuda.is_available()  # CPU processes (torchrun) talk over gloo
     state = PartialState(cpu=cpu)
     if cfg.mixed_precision == "fp16" and state.device.type == "cpu":
-        raise PipelineError("mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
+        raise PipelineError("mixed_precision=fp16 needs a GPU: use auto, bf16 or no on a CPU")
+    with state.main_process_first():  # the main process measures bf16 (pipeline/precision.py), the others read it
+        chosen = precision.resolve(cfg.mixed_precision, state.device)
+    state.print(f"precision: {chosen.mode} ({chosen.reason})")
     accum = cfg.gradient_accumulation_steps(state.num_processes)
     return Accelerator(
         cpu=cpu,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=chosen.mode,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
         log_with="tensorboard",
         project_dir=str(out),

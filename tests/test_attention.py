@@ -18,7 +18,7 @@ from pipeline.corpus import document_positions
 from pipeline.errors import PipelineError
 from pipeline.heads import load_body
 from pipeline.model import build_causal_lm, llama_config, training_flops_per_token
-from conftest import TINY, run_cli
+from conftest import CPU_ONLY, TINY, run_cli
 
 PAD, BOS, EOS, VOCAB, SEQ = 0, 1, 2, 101, 24
 ATOL = 1e-5
@@ -98,6 +98,12 @@ def eager():
 def test_backend_logits_match_eager(eager, attn, batch):
     inputs, keep = BATCHES[batch]
     got, want = logits(tiny(attn), **inputs), logits(eager, **inputs)
+    if attn == "flex_attention" and not attention.flex_attention_is_right_on_cpu():
+        # flex's compiled CPU kernel is wrong on some machines and thread counts (NaN on an AVX2-only EPYC,
+        # logits off by 0.13 on a Zen 4 with one thread, for some inputs only): there it is refused.
+        with pytest.raises(PipelineError, match="computes wrong attention on this CPU"):
+            check_backend(attn, torch.device("cpu"), training=False)
+        return
     torch.testing.assert_close(got[keep], want[keep], rtol=0, atol=ATOL)
 
 
@@ -143,11 +149,13 @@ def test_flex_attention_has_no_cpu_backward_and_training_with_it_is_refused(tmp_
     cpu = torch.device("cpu")
     with pytest.raises(PipelineError, match="no backward pass on CPU"):
         check_backend("flex_attention", cpu, training=True)
-    check_backend("flex_attention", cpu, training=False)  # evaluation with it is fine
+    if attention.flex_attention_is_right_on_cpu():
+        check_backend("flex_attention", cpu, training=False)  # evaluation with it is fine
     with pytest.raises(PipelineError, match="needs a CUDA GPU"):
         check_backend("flash_attention_2", cpu, training=False)
-    # The pretrain stage asks before reading any data or writing its folder.
-    result = run_cli("pretrain", "--recipe", TINY, "--out", tmp_path / "run", "attn_implementation=flex_attention")
+    # The pretrain stage asks before reading any data or writing its folder (on the CPU, also where a GPU is).
+    result = run_cli("pretrain", "--recipe", TINY, "--out", tmp_path / "run", "attn_implementation=flex_attention",
+                     env=CPU_ONLY)
     assert result.returncode == 2 and "no backward pass on CPU" in result.stderr
     assert not (tmp_path / "run").exists()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from conftest import FINETUNE_TINY, TINY
 from pipeline.cli import main
@@ -103,7 +104,7 @@ CASES = [
     ("unknown key", [*P, "max_stepss=3"], "unknown recipe key 'max_stepss'"),
     ("unknown nested key", [*P, "model.depth=3"], "unknown recipe key 'model.depth'"),
     ("wrong type", [*P, "seq_len=long"], "recipe key 'seq_len' has the wrong type"),
-    ("invalid value", [*P, "mixed_precision=fp8"], "must be one of no, bf16, fp16"),
+    ("invalid value", [*P, "mixed_precision=fp8"], "must be one of auto, no, bf16, fp16"),
     ("negative value", [*P, "warmup_steps=-5"], "must be >= 0"),
     ("override without =", [*P, "resume"], "is not key=value"),
     ("unknown flag", [*P, "--fast"], "unrecognized arguments"),
@@ -151,6 +152,8 @@ def _tree(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(bad, tmp_path, monkeypatch, capsys, name, argv, message):
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(bad["mirror"]))
+    if name.endswith(" on cpu"):  # the CPU path, also on a machine with a GPU
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = [a.format(**bad) for a in argv]
     if name == "pickled training state":
         out = bad["tampered"]

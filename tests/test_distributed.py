@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from conftest import ROOT, TINY, read_metrics
+from conftest import CPU_ONLY, ROOT, TINY, read_metrics, run_cli
 from pipeline.trainer import epoch_batches
 
 
@@ -24,16 +25,23 @@ def test_shards_neither_overlap_nor_lose_data():
 
 
 def test_two_processes_follow_one_process(tiny_pretrain, tmp_path):
+    """On the CPU (gloo), also on a machine with one GPU: two processes can't share it."""
+    single = tiny_pretrain
+    if torch.cuda.is_available():  # the shared tiny run trained on the GPU: make a CPU one to compare with
+        single = tmp_path / "one"
+        done = run_cli("pretrain", "--recipe", TINY, "--out", single, "max_steps=60", env=CPU_ONLY)
+        assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipeline", "pretrain", "--recipe", str(TINY), "--out", str(out), "max_steps=60"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **CPU_ONLY})
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = read_metrics(tiny_pretrain, "train"), read_metrics(out, "train")
+    one, two = read_metrics(single, "train"), read_metrics(out, "train")
     assert [r["step"] for r in one] == [r["step"] for r in two]
     assert [r["tokens"] for r in one] == [r["tokens"] for r in two]  # same global batch
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], abs=0.02)
-    eval_one, eval_two = read_metrics(tiny_pretrain, "eval")[-1], read_metrics(out, "eval")[-1]
+    eval_one, eval_two = read_metrics(single, "eval")[-1], read_metrics(out, "eval")[-1]
     assert eval_two["loss"] == pytest.approx(eval_one["loss"], abs=0.01)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-50", "step-60"]

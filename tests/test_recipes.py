@@ -21,7 +21,7 @@ def test_recipe_loads_with_overrides():
     (["max_stepz=3"], "unknown recipe key 'max_stepz'"),
     (["model.hidden=3"], "unknown recipe key 'model.hidden'"),
     (["max_steps=ten"], "recipe key 'max_steps' has the wrong type"),
-    (["mixed_precision=fp8"], "must be one of no, bf16, fp16"),
+    (["mixed_precision=fp8"], "must be one of auto, no, bf16, fp16"),
     (["attn_implementation=fast"], "must be one of eager, sdpa"),
     (["model.num_heads=5"], "multiple of model.num_heads"),
     (["model.num_kv_heads=3"], "must divide model.num_heads"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import budget, checkpoint
+from pipeline import budget, checkpoint, precision
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
@@ -96,16 +96,18 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         trainer.log(metrics, "eval")
     checkpoint.save_final(acc, trainer.model, tokenizer, out / checkpoint.FINAL)
 
+    trained_in = precision.resolve(cfg.mixed_precision, acc.device)
     report = {
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
         "metrics": metrics, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
+        "precision": trained_in.record(),  # what `auto` became on this machine
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
         "evaluation": {"model": str(out / checkpoint.FINAL), "model_kind": task.model_kind,
                        "fingerprint": checkpoint.fingerprint(out / checkpoint.FINAL), "dataset": hub_id, "split": eval_split,
-                       **eval_info, "metrics": metrics, "precision": cfg.mixed_precision},
+                       **eval_info, "metrics": metrics, "precision": trained_in.mode},
     }
     if acc.is_main_process:
         (out / checkpoint.EVAL_FILE).write_text(json.dumps(report, indent=2))

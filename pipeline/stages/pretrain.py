@@ -6,7 +6,7 @@ import json
 from functools import partial
 from pathlib import Path
 
-from pipeline import budget, checkpoint, corpus, machine
+from pipeline import budget, checkpoint, corpus, machine, precision
 from pipeline.attention import check_backend
 from pipeline.config import PretrainConfig, to_yaml
 from pipeline.lm import PackedCollator, evaluate_lm, generate_samples
@@ -62,6 +62,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         "wall_seconds": state.wall_seconds, "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
         "eval": trainer.last_eval,
         "budget": budget.summary(cfg, state),  # max_train_minutes: asked, the steps it fixed, the time used
+        "precision": precision.resolve(cfg.mixed_precision, acc.device).record(),  # what `auto` became here
         "machine": machine.describe(),  # speeds compare only on one machine
     }
     if acc.is_main_process:

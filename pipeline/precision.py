@@ -1,0 +1,111 @@
+"""Which precision a run trains in: `mixed_precision: auto` resolved for this machine.
+
+bf16 autocast pays only where the hardware multiplies bf16 natively: a CUDA GPU with bf16 (Ampere
+on), or a CPU with AMX or AVX-512 BF16. On any other CPU (an AVX2-only EPYC, say) oneDNN emulates
+bf16: a matmul ran ~30x slower than fp32 there, and the default pretraining recipe could not get
+past its warmup. So `auto` is bf16 on a bf16 GPU or a native-bf16 CPU, fp32 ("no") elsewhere.
+
+Whether a CPU's bf16 is native is measured, not guessed from flags: one small bf16 and one fp32
+matmul are timed, and bf16 counts as native when it is at least NATIVE_SPEEDUP times as fast
+(measured: 4.8x on a Zen 4 with AVX-512 BF16, 0.01x when the same CPU is limited to AVX2). The
+answer is cached per machine (`machine.probed`), so every run on a machine (and a resumed run)
+resolves the same way. PIPELINE_CPU_BF16=1/0 states the answer instead (tests, or
+a user who knows).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from pipeline import machine
+
+CPU_BF16_ENV = "PIPELINE_CPU_BF16"
+NATIVE_SPEEDUP = 1.2  # bf16 must beat fp32 by this much to count as native (emulation loses 2x to 100x)
+PROBE_SIZE = 256  # the timed matmul: a few ms in fp32, well under a second even when bf16 is emulated
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    native: bool
+    speedup: float  # bf16 GFLOP/s over fp32 GFLOP/s in the probe (nan when stated by the environment)
+
+
+@dataclass(frozen=True)
+class Precision:
+    requested: str  # what the recipe says: auto, no, bf16 or fp16
+    mode: str  # what the run uses: no, bf16 or fp16 (accelerate's mixed_precision)
+    reason: str  # one line: why, for the start of the log and for run.json / eval.json
+
+    def record(self) -> dict:
+        return {"requested": self.requested, "mode": self.mode, "reason": self.reason}
+
+
+def resolve(requested: str, device: torch.device) -> Precision:
+    """The precision a run asking for `requested` gets on `device`."""
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if requested != "auto":
+            return Precision(requested, requested, f"{requested} as the recipe asks, on {machine.accelerator_name()}")
+        mode = "bf16" if bf16 else "no"
+        why = "supports bf16" if bf16 else "has no bf16: fp32"
+        return Precision(requested, mode, f"auto: {machine.accelerator_name()} {why}")
+    cpu = cpu_bf16()
+    if requested == "auto":
+        if cpu.native:
+            return Precision(requested, "bf16", f"auto: this CPU multiplies bf16 natively{_speedup(cpu)}")
+        return Precision(requested, "no", f"auto: fp32, since this CPU emulates bf16{_speedup(cpu)}")
+    if requested == "bf16" and not cpu.native:
+        return Precision(requested, "bf16", f"bf16 as the recipe asks, though this CPU emulates it{_speedup(cpu)}: "
+                                            "expect a slow run; mixed_precision=auto trains in fp32 here")
+    return Precision(requested, requested, f"{requested} as the recipe asks")
+
+
+def emulated_bf16_note(mode: str, device: torch.device) -> str:
+    """For error messages about pace: names emulated bf16 when it is the likely cause, else ''."""
+    if mode != "bf16" or device.type != "cpu" or cpu_bf16().native:
+        return ""
+    return f"; the steps run in bf16, which this CPU emulates{_speedup(cpu_bf16())}: set mixed_precision=auto (fp32 here)"
+
+
+@cache
+def cpu_bf16() -> CpuBf16:
+    """Whether this CPU's bf16 matmuls are native: stated by PIPELINE_CPU_BF16, else measured once per machine."""
+    stated = os.environ.get(CPU_BF16_ENV)
+    if stated is not None:
+        return CpuBf16(native=stated.strip().lower() in ("1", "true", "yes"), speedup=float("nan"))
+    return CpuBf16(**machine.probed("cpu_bf16", _measure))
+
+
+def bf16_matmul_speedup(size: int = PROBE_SIZE, repeats: int = 8) -> float:
+    """bf16 over fp32 throughput of a size³ CPU matmul, best of `repeats` each."""
+    def best_seconds(dtype: torch.dtype) -> float:
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        torch.mm(a, b)  # the first call packs weights and picks kernels
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+            if best > 0.25:  # emulated: one call says enough
+                break
+        return best
+
+    return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+
+
+def _measure() -> dict:
+    speedup = bf16_matmul_speedup()
+    return {"native": speedup >= NATIVE_SPEEDUP, "speedup": round(speedup, 3)}
+
+
+def _speedup(cpu: CpuBf16) -> str:
+    if cpu.speedup != cpu.speedup:  # nan: stated, not measured
+        return f" ({CPU_BF16_ENV} says so)"
+    if cpu.speedup >= 1:
+        return f" (a bf16 matmul ran {cpu.speedup:.1f}x as fast as fp32)"
+    return f" (a bf16 matmul ran {1 / cpu.speedup:.0f}x slower than fp32)"

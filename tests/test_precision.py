@@ -1,0 +1,88 @@
+"""mixed_precision=auto: bf16 where this machine multiplies it natively, fp32 elsewhere; never a silent slow path.
+
+Whether a CPU's bf16 is native is measured once per machine and cached (pipeline/machine.py). The
+tests state the answer with PIPELINE_CPU_BF16 instead, so they pass alike on every CPU and never
+depend on its pace.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import CPU_ONLY, TINY, run_cli
+from pipeline import machine, precision
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def stated(monkeypatch):
+    """State whether this CPU's bf16 is native, as a user who knows would."""
+    def state(native: bool) -> None:
+        monkeypatch.setenv(precision.CPU_BF16_ENV, "1" if native else "0")
+        precision.cpu_bf16.cache_clear()
+
+    yield state
+    precision.cpu_bf16.cache_clear()
+
+
+def test_auto_trains_in_bf16_only_where_the_cpu_has_it_natively(stated):
+    stated(True)
+    assert precision.resolve("auto", CPU).mode == "bf16"
+    stated(False)
+    chosen = precision.resolve("auto", CPU)
+    assert chosen.mode == "no" and "emulates bf16" in chosen.reason
+    # What the recipe names explicitly it gets, with the cost spelled out where bf16 is emulated.
+    explicit = precision.resolve("bf16", CPU)
+    assert explicit.mode == "bf16" and "emulates it" in explicit.reason and "mixed_precision=auto" in explicit.reason
+    assert precision.resolve("no", CPU).mode == "no"
+
+
+def test_the_measured_answer_is_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"native": False, "speedup": 0.02}
+
+    assert machine.probed("test_probe", measure) == {"native": False, "speedup": 0.02}
+    assert machine.probed("test_probe", measure) == {"native": False, "speedup": 0.02}
+    assert len(calls) == 1  # the second answer came from the cache file
+    (key,) = json.loads((tmp_path / "machine.json").read_text())
+    assert machine.cpu_model() in key and torch.__version__ in key
+    # Limiting the instruction set (as on an AVX2-only machine) is another machine: measured again.
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    machine.probed("test_probe", measure)
+    assert len(calls) == 2
+
+
+def test_the_speed_probe_compares_bf16_with_fp32_matmuls():
+    speedup = precision.bf16_matmul_speedup(size=64, repeats=2)
+    assert speedup > 0 and speedup == speedup  # a ratio of two measured times, whatever this CPU's pace
+
+
+@pytest.mark.parametrize("native,mode", [(True, "bf16"), (False, "no")])
+def test_pretrain_records_what_auto_became(tmp_path, native, mode):
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=2", "eval_steps=2", "save_steps=2",
+                     env={**CPU_ONLY, precision.CPU_BF16_ENV: str(int(native))})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"precision: {mode} (auto:" in result.stdout
+    recorded = json.loads((out / "run.json").read_text())["precision"]
+    assert recorded["requested"] == "auto" and recorded["mode"] == mode
+
+
+def test_a_budget_lost_to_emulated_bf16_names_the_precision(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--recipe", TINY, "--out", out, "mixed_precision=bf16", "max_train_minutes=0.001",
+                     "warmup_steps=1000", env={**CPU_ONLY, precision.CPU_BF16_ENV: "0"})
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "is shorter than the warmup" in error[0]
+    assert "in bf16; the steps run in bf16, which this CPU emulates" in error[0]
+    assert "set mixed_precision=auto" in error[0]
+    assert "this CPU emulates it" in result.stdout  # the warning line at start
