@@ -40,7 +40,7 @@ SEEDS ?= 1337 1338 1339
 JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune clean
+.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu clean
 
 install:
 	python3 -m venv .venv
@@ -136,6 +136,11 @@ bench-finetune:
 
 bench-loss:
 	$(PY) bench/lm_head_loss.py
+
+# GPU pretraining throughput per attention backend and batch: tokens/s, MFU against the measured matmul
+# peak, peak memory (needs a CUDA GPU). On a lent GPU machine without network: bench/gpu/run.sh.
+bench-gpu:
+	$(PY) bench/gpu.py $(ARGS)
 
 clean:
 	rm -rf runs data/cache  # reports/ holds committed results: not removed
