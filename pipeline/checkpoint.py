@@ -231,11 +231,25 @@ def load_weights(path: Path, model_class, config, **kwargs):
                                        attn_implementation=attn_implementation_for(config, "sdpa"), **kwargs)
 
 
-def newest_final(root: str | Path) -> Path:
-    finals = sorted(Path(root).glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
-    if not finals:
-        raise PipelineError(f"no checkpoint under {root}/*/final: run make pretrain first, or pass CKPT=<folder>")
-    return finals[-1].parent
+# What `make pretrain` (recipes/pretrain/cpu.yaml) writes: the checkpoint a stage uses without --ckpt. Never
+# "the newest run": a study's checkpoint (cpu-seed2, cpu-v4096) would be picked up the moment it is newer.
+DEFAULT_PRETRAINED = Path("runs/pretrain/cpu") / FINAL
+
+
+def default_pretrained() -> Path:
+    if not (DEFAULT_PRETRAINED / "config.json").is_file():
+        raise PipelineError(f"no checkpoint at {DEFAULT_PRETRAINED}, where make pretrain writes it: run make pretrain "
+                            "first, or pass --ckpt (make CKPT=<folder>)")
+    return DEFAULT_PRETRAINED
+
+
+def announce_checkpoint(given: str | Path | None, default) -> Path:
+    """The checkpoint a stage works from (`given`, else `default()`), said in the stage's first line."""
+    folder = Path(given) if given else default()
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"checkpoint: {folder}" + ("" if given else " (the default: pass --ckpt or CKPT=... for another)"),
+              flush=True)
+    return folder
 
 
 def fingerprint(folder: Path) -> str:

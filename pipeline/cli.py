@@ -34,14 +34,14 @@ def _parser() -> argparse.ArgumentParser:
                              "runs/probe/<task>")):
         t = stages.add_parser(name, help=help)
         t.add_argument("--task", required=True)
-        t.add_argument("--ckpt", help="pretrained model folder (default: the newest runs/pretrain/*/final)")
+        t.add_argument("--ckpt", help="pretrained model folder (default: runs/pretrain/cpu/final, make pretrain's)")
         t.add_argument("--recipe", help="default: recipes/finetune/<task>.yaml")
         t.add_argument("--out", help=f"default: {out}")
         t.add_argument("overrides", nargs="*", metavar="key=value")
 
     c = stages.add_parser("curves", help="sample efficiency: every classification task at 100 and 1,000 labels")
     c.add_argument("--ckpt", help="pretrained model folder (default: the one make all's fine-tunes started "
-                                   "from, else the newest runs/pretrain/*/final)")
+                                   "from, else runs/pretrain/cpu/final)")
     c.add_argument("--tasks", nargs="+", help="default: every classification task")
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], choices=[100, 1000])
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the scoreboard and plots go (the committed reports/ is make report-results)")
 
     g = stages.add_parser("generate", help="sample text from a causal-LM checkpoint")
-    g.add_argument("--ckpt", help="model folder (default: the newest runs/pretrain/*/final)")
+    g.add_argument("--ckpt", help="model folder (default: runs/pretrain/cpu/final, make pretrain's)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=80)
     g.add_argument("--temperature", type=float, default=0.8)
@@ -130,11 +130,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         evaluate.run([Path(c) for c in args.ckpt or []], Path(args.runs), Path(args.report))
     elif args.stage == "curves":
         from pipeline import curves as study
-        from pipeline.checkpoint import newest_final
+        from pipeline.checkpoint import announce_checkpoint, default_pretrained
         from pipeline.stages import curves
 
-        ckpt = (Path(args.ckpt) if args.ckpt else study.full_budget_checkpoint(Path(args.runs) / "finetune")
-                or newest_final("runs/pretrain"))
+        ckpt = announce_checkpoint(args.ckpt, lambda: study.full_budget_checkpoint(Path(args.runs) / "finetune")
+                                   or default_pretrained())
         curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides,
                    args.parallel)
     elif args.stage == "predict":
@@ -149,7 +149,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def _task_recipe(args: argparse.Namespace):
     """(task, recipe, checkpoint) of a stage that works on one task from a pretrained checkpoint."""
-    from pipeline.checkpoint import newest_final
+    from pipeline.checkpoint import announce_checkpoint, default_pretrained
     from pipeline.config import FinetuneConfig, load_recipe
     from pipeline.tasks import get_task
 
@@ -158,5 +158,5 @@ def _task_recipe(args: argparse.Namespace):
     if args.recipe is None and not recipe.is_file():
         recipe = None  # the schema's defaults
     cfg = load_recipe(FinetuneConfig, recipe, args.overrides)
-    ckpt = Path(args.ckpt) if args.ckpt else newest_final("runs/pretrain")
+    ckpt = announce_checkpoint(args.ckpt, default_pretrained)
     return task, cfg, ckpt

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.checkpoint import newest_final, load_causal_lm
+from pipeline.checkpoint import announce_checkpoint, default_pretrained, load_causal_lm
 from pipeline.lm import generate_samples
 
 
 def run(ckpt: str | None, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> None:
-    folder = newest_final("runs/pretrain") if ckpt is None else ckpt
+    folder = announce_checkpoint(ckpt, default_pretrained)
     model, tokenizer = load_causal_lm(folder)
     [text] = generate_samples(model, tokenizer, [prompt], max_new_tokens, seed=seed, temperature=temperature)
     print(text)
