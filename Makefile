@@ -40,41 +40,46 @@ SEEDS ?= 1337 1338 1339
 JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu clean
+.PHONY: help install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu clean
 
-install:
+# The default target: every target with the line after its `##`.
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | \
+	  awk -F'\t' '{ printf "  make %-16s %s\n", $$1, $$2 }'
+
+install:  ## make .venv/ with the project and its test tools (CPU torch first when there is no GPU)
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	@# Without a GPU, the CPU build of torch goes in first (a bare `torch` pulls a multi-GB CUDA build).
 	$(if $(HAS_GPU),,$(PY) -m pip install --quiet torch==2.13.0)
 	$(PY) -m pip install --quiet -e '.[test]'
 
-pretrain:
+pretrain:  ## pretrain a causal LM: RECIPE (default recipes/pretrain/cpu.yaml), OUT, ARGS="key=value ...", NPROC
 	$(LAUNCH) pipeline pretrain --recipe $(or $(RECIPE),recipes/pretrain/cpu.yaml) $(call opt,--out,$(OUT)) $(ARGS)
 
-finetune:
+finetune:  ## fine-tune TASK=... from CKPT (default runs/pretrain/cpu/final); init=scratch in ARGS for the control
 	$(LAUNCH) pipeline finetune --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--recipe,$(RECIPE)) $(call opt,--out,$(OUT)) $(ARGS)
 
-evaluate:
+evaluate:  ## evaluate every run that changed, then write the scoreboard to REPORT (runs/reports)
 	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT)) --report $(REPORT)
 
 # The committed results: the scoreboard and plots under reports/, from the runs under runs/.
-report-results:
+report-results:  ## the scoreboard and plots into the committed reports/
 	$(PY) -m pipeline evaluate --report reports
 
-probe:
+probe:  ## linear probes on frozen hidden states of TASK=..., checkpoint against random init
 	$(PY) -m pipeline probe --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
 
 # Sample efficiency (issue: pretraining must pay off): each classification task at 100 and 1,000
 # labels, pretrained and scratch, 3 seeds, TF-IDF on the same examples; then the scoreboard.
-curves:
+curves:  ## sample efficiency: 100 and 1,000 labels x 3 seeds, pretrained, scratch, TF-IDF
 	$(PY) -m pipeline curves $(call opt,--ckpt,$(CKPT)) $(ARGS)
 	$(PY) -m pipeline evaluate --report $(REPORT)
 
-predict:
+predict:  ## TASK=... TEXT="..." (or QUESTION=... CONTEXT=...) with the task's fine-tuned model
 	$(PY) -m pipeline predict --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")
 
-generate:
+generate:  ## PROMPT="...": sample a continuation from the pretrained model
 	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))
 
 # The whole study: pretrain the cpu recipe, fine-tune every task from it and from scratch at each of
@@ -82,7 +87,7 @@ generate:
 # evaluate, report. The fine-tunes run JOBS at a time, each on its share of the cores: small
 # fine-tunes are bound by per-step overhead, so two one-thread runs on 2 cores finish sooner than one
 # two-thread run. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
-all:
+all:  ## the whole study: pretrain, every task x {pretrained, scratch} x SEEDS, evaluate, report
 	@set -eo pipefail; \
 	stage() { out=$$1; shift; \
 	  if [ -d $$out/final ]; then echo "$$out: finished, skipped"; \
@@ -107,40 +112,40 @@ all:
 # The suite is mostly short CLI runs, bound by one thread's start-up and per-step overhead: one
 # pytest worker per core, each on one thread (tests/conftest.py), beats one worker on all of them.
 TEST_WORKERS ?= auto
-test:
+test:  ## the test suite (one pytest-xdist worker per core)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
-bench-pretrain:
+bench-pretrain:  ## pretraining tokens/s and MFU: the project's Trainer against transformers.Trainer
 	$(PY) bench/pretrain.py
 
-bench-attention:
+bench-attention:  ## attention backends: time and memory against sequence length, quality at equal budget
 	$(PY) bench/attention.py
 
-bench-profile:
+bench-profile:  ## where a pretraining step's time goes (torch.profiler)
 	$(PY) bench/profile_step.py $(ARGS)
 
-bench-transfer:
+bench-transfer:  ## which fine-tuning levers make pretraining pay
 	$(PY) bench/transfer.py $(ARGS)
 
 # Model shape and optimizer at a fixed time budget (issue: more language model per CPU-hour).
-bench-scaling:
+bench-scaling:  ## model shapes and optimizers at one time budget
 	$(PY) bench/scaling.py $(ARGS)
 
 # SQuAD: rate and optimizer sweep, and F1 against training questions (issue: extractive QA that answers).
-bench-qa:
+bench-qa:  ## SQuAD rate and optimizer sweep, F1 against training questions
 	$(PY) bench/qa.py $(ARGS)
 
 # Fine-tuning tokens/s: length bucketing, larger batches, compile (issue: pretraining must pay off).
-bench-finetune:
+bench-finetune:  ## fine-tuning tokens/s: length bucketing, batch size, compile
 	$(PY) bench/finetune_speed.py $(ARGS)
 
-bench-loss:
+bench-loss:  ## the LM head's loss: full logits against a chunked loss, time and memory
 	$(PY) bench/lm_head_loss.py
 
 # GPU pretraining throughput per attention backend and batch: tokens/s, MFU against the measured matmul
 # peak, peak memory (needs a CUDA GPU). On a lent GPU machine without network: bench/gpu/run.sh.
-bench-gpu:
+bench-gpu:  ## GPU pretraining tokens/s, MFU against the measured peak, memory (needs CUDA)
 	$(PY) bench/gpu.py $(ARGS)
 
-clean:
+clean:  ## remove runs/ and data/cache/ (reports/ stays)
 	rm -rf runs data/cache  # reports/ holds committed results: not removed

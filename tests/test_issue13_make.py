@@ -63,3 +63,12 @@ def test_make_shows_the_stage_exit_code(tmp_path):
                    env={"PIPELINE_DATA_DIR": os.environ["PIPELINE_DATA_DIR"]}, timeout=600)
     assert result.returncode == 2
     assert re.search(r"make: \*\*\* \[Makefile:\d+: pretrain\] Error 3$", result.stderr.strip()), result.stderr[-2000:]
+
+
+def test_make_with_no_target_lists_every_target_with_its_line():
+    result = _make()
+    assert result.returncode == 0, result.stderr
+    listed = dict(line.split(None, 2)[1:] for line in result.stdout.splitlines())  # "make TARGET text"
+    phony = re.search(r"^\.PHONY: (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert sorted(listed) == sorted(phony)  # every target, each once, with its own line
+    assert all(text.strip() for text in listed.values())
