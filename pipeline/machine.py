@@ -3,8 +3,8 @@ comparable side by side on one machine, so every run.json and bench report recor
 
 It also keeps what was measured once about this machine (`probed`): whether its CPU multiplies
 bf16 natively (pipeline/precision.py), whether flex attention computes right on it
-(pipeline/attention.py). Answers are cached per CPU model, torch version and ISA limits, so every
-run on one machine decides alike, and the probe's cost is paid once.
+(pipeline/attention.py). Answers are cached per CPU model and feature flags, torch version and
+ISA limits, so every run on one machine decides alike, and the probe's cost is paid once.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def describe() -> dict:
 
 def probed(name: str, measure: Callable[[], dict]) -> dict:
     """`measure()`'s answer for this machine, from the cache or measured now and cached."""
-    key = f"{name} | {cpu_model()} | torch {torch.__version__} | " + \
+    key = f"{name} | {cpu_model()} | flags {_cpu_flags_digest()} | torch {torch.__version__} | " + \
         (",".join(f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ) or "no ISA limits")
     path = Path(os.environ.get("PIPELINE_CACHE_DIR", "data/cache")) / "machine.json"  # beside the corpus cache
     try:
@@ -60,3 +60,15 @@ def probed(name: str, measure: Callable[[], dict]) -> dict:
         except OSError:
             pass  # a read-only cache only means measuring again next time
     return known[key]
+
+
+def _cpu_flags_digest() -> str:
+    """A short digest of the CPU's feature flags: virtual machines often name every EPYC just "AMD EPYC",
+    whether it has AVX-512 BF16 or only AVX2, so the model name alone cannot key what was measured."""
+    import hashlib
+
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.machine()
+    return hashlib.sha256(flags.encode()).hexdigest()[:8]

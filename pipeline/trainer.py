@@ -138,9 +138,13 @@ class Trainer:
         while True:
             plan = epoch_batches(len(self.train_data), cfg.micro_batch_size, acc.num_processes,
                                  acc.process_index, cfg.seed, self.state.epoch, lengths=self.lengths)
+            # A seeded generator of its own: a DataLoader otherwise draws its base seed from the global RNG
+            # each time one starts, and a resumed run starts one at another point of that stream than the
+            # uninterrupted run did, so every dropout mask after it would differ.
             loader = DataLoader(self.train_data, batch_sampler=plan[self.state.batch_in_epoch:],
                                 collate_fn=self.collate, num_workers=cfg.num_workers,
-                                pin_memory=acc.device.type == "cuda")
+                                pin_memory=acc.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(cfg.seed + self.state.epoch))
             for batch in loader:
                 self.state.batch_in_epoch += 1
                 yield {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
