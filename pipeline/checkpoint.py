@@ -147,8 +147,11 @@ def truncate_metrics(out: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in rows))
 
 
-def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_files: dict | None = None) -> None:
-    """A Hugging Face model folder (safetensors) with the tokenizer, renamed into place."""
+def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_files: dict | None = None,
+               extra_dirs: dict[str, Path] | None = None) -> None:
+    """A Hugging Face model folder (safetensors) with the tokenizer, renamed into place.
+
+    `extra_dirs` ({name: folder} written by the main process) are moved inside it, e.g. LoRA's adapter/."""
     if accelerator.is_main_process:
         tmp = folder.with_name(f".tmp-{folder.name}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,6 +159,8 @@ def save_final(accelerator: Accelerator, model, tokenizer, folder: Path, extra_f
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        for name, path in (extra_dirs or {}).items():
+            os.replace(path, tmp / name)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     accelerator.wait_for_everyone()

@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 ATTENTION_BACKENDS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "blocksparse_sdpa")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "muon")
+FINETUNE_METHODS = ("full", "lora")  # lora: pipeline/adapters.py
 # The names transformers.get_scheduler accepts (SchedulerType) that this loop can drive with only
 # warmup_steps and max_steps, plus "wsd" for warmup_stable_decay. Left out: reduce_lr_on_plateau and
 # greedy (stepped with a metric), cosine_with_min_lr and cosine_warmup_with_min_lr (need a min_lr).
@@ -245,6 +246,15 @@ class FinetuneConfig(TrainConfig):
     adapt_steps: int = 0
     adapt_learning_rate: float = 5e-4
     adapt_seq_len: int = 256
+    # LoRA through peft (pipeline/adapters.py): `lora` freezes the body and trains rank-`lora_r` updates
+    # (scaled by lora_alpha / lora_r) of its blocks' linear layers; the head (and pooling layer) train in full.
+    finetune_method: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # [] = every linear layer of the transformer blocks (attention and MLP projections, as peft's all-linear,
+    # never the head); else layer names matched at the end of a layer's path, e.g. [q_proj, v_proj] or [attn.c_proj]
+    lora_target_modules: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         super().validate()
@@ -269,6 +279,22 @@ class FinetuneConfig(TrainConfig):
             _bad("max_length", self.max_length, "must be >= 8")
         if self.doc_stride <= 0:  # QA also checks it against the room each question leaves
             _bad("doc_stride", self.doc_stride, "must be > 0")
+        _choice("finetune_method", self.finetune_method, FINETUNE_METHODS)
+        if self.lora_r <= 0:
+            _bad("lora_r", self.lora_r, "must be > 0 (the rank of each update)")
+        if self.lora_alpha <= 0:
+            _bad("lora_alpha", self.lora_alpha, "must be > 0 (updates are scaled by lora_alpha / lora_r)")
+        if not 0 <= self.lora_dropout < 1:
+            _bad("lora_dropout", self.lora_dropout, "must be in [0, 1)")
+        if any(not name.strip() for name in self.lora_target_modules):
+            _bad("lora_target_modules", self.lora_target_modules,
+                 "must name layers (e.g. [q_proj, v_proj]), or be [] for all")
+        if self.finetune_method == "lora" and self.init == "scratch":
+            raise PipelineError("finetune_method=lora with init=scratch would train adapters on a frozen random body: "
+                                "use init=pretrained, or finetune_method=full for the scratch control")
+        if self.finetune_method == "lora" and self.adapt_steps:
+            raise PipelineError("adapt_steps trains the whole body, which finetune_method=lora is there to avoid: "
+                                "set adapt_steps=0, or use finetune_method=full")
 
 
 Config = TypeVar("Config", bound=TrainConfig)

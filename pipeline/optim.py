@@ -7,14 +7,16 @@ Parameter groups carry what the recipe asks for:
   the one above it, down to the embeddings. A decay of 1 gives every body layer the same rate.
 The body is the model's `base_model` (what a checkpoint supplies); everything else is the head.
 A causal LM has no head: its LM head shares the embedding matrix.
+Only parameters that require gradients are grouped: LoRA (pipeline/adapters.py) freezes the rest.
 
 `optimizer: muon` (as in modded-nanogpt) trains the 2-D weight matrices of the transformer layers
 (attention and MLP projections) with torch.optim.Muon at `muon_learning_rate`, and everything else
-(embeddings and the tied LM head, norms, biases, task heads) with AdamW as above. Layer decay applies
-to the Muon groups too: layer i trains at muon_learning_rate × layer_lr_decay^(top − depth). The two
-are stepped as one optimizer (CombinedOptimizer), so the loop, accelerate, the schedule (it scales
-every group of both) and the checkpoint see a single optimizer. The blocks are found by structure (Llama's
-`layers`, GPT-2's `h`); a body without a list of them trains with AdamW alone, and says so.
+(embeddings and the tied LM head, norms, biases, task heads, LoRA's low-rank matrices) with AdamW as
+above. Layer decay applies to the Muon groups too: layer i trains at muon_learning_rate ×
+layer_lr_decay^(top − depth). The two are stepped as one optimizer (CombinedOptimizer), so the loop,
+accelerate, the schedule (it scales every group of both) and the checkpoint see a single optimizer.
+The blocks are found by structure (Llama's `layers`, GPT-2's `h`); a body without a list of them
+trains with AdamW alone, and says so.
 
 Schedules are transformers.get_scheduler's; `wsd` (warmup_stable_decay) warms up linearly over
 warmup_steps, stays constant, and decays to 0 over the last `decay_fraction` of the steps in the
@@ -31,6 +33,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
+from pipeline.adapters import lora_factors
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.heads import transformer_blocks
@@ -61,7 +64,13 @@ def hidden_matrices(model: torch.nn.Module) -> set[int]:
     matrix (c_attn) where Llama's are three.
     """
     blocks = transformer_blocks(model.base_model) or []
-    return {id(p) for block in blocks for p in block.parameters() if p.ndim == 2 and p.requires_grad}
+    # LoRA's A [r, in] and B [out, r] train with AdamW, as in the LoRA paper and peft. Muon's update has a
+    # fixed spectral size whatever the gradient's, scaled by sqrt(rows/cols): B (zero at the start, out ≫ r)
+    # would take steps ~sqrt(out/r) times larger than a full matrix's at the same rate, and a rate tuned for
+    # full weights says nothing about a factor of a product. A pooling block trains in full: Muon takes it.
+    low_rank = lora_factors(model)
+    return {id(p) for block in blocks for p in block.parameters()
+            if p.ndim == 2 and p.requires_grad and id(p) not in low_rank}
 
 
 def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -96,8 +105,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     if cfg.optimizer == "adamw":
         return adamw
     if not any(g["optimizer"] == "muon" for g in groups):
-        print(f"optimizer=muon: {type(model.base_model).__name__} has no list of transformer blocks to take weight "
-              "matrices from; using optimizer=adamw", flush=True)
+        if transformer_blocks(model.base_model) is None:
+            print(f"optimizer=muon: {type(model.base_model).__name__} has no list of transformer blocks to take weight "
+                  "matrices from; using optimizer=adamw", flush=True)
+        else:  # finetune_method=lora without a pooling block
+            print("optimizer=muon: no full weight matrix of the transformer blocks trains (LoRA's matrices train with "
+                  "AdamW); using optimizer=adamw", flush=True)
         return adamw
     # Muon's decoupled weight decay is lr-scaled like AdamW's (p ← p·(1 − lr·wd)), at Muon's larger rate.
     # Its update is scaled by sqrt(max(1, rows/cols)) (Keller Jordan's "original" adjustment).

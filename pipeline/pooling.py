@@ -30,8 +30,8 @@ POOLINGS = ("last", "mean")
 POOLED_TO_RESIDUAL = 2.0  # the mean's RMS over the last token's own residual RMS after calibration
 
 
-def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
-    """Append the mean-pooling layer to `model`'s body (in place) and record it in its config.
+def add_mean_pooling_layer(model, calibration: dict | None = None) -> torch.nn.Module | None:
+    """Append the mean-pooling layer to `model`'s body (in place), record it in its config, and return it.
 
     A pretrained residual stream is large (RMS ≈ 9 at the last token of the `cpu` checkpoint) while a
     mean of normed states is about 0.3: added as is, the mean would be drowned out by the last
@@ -39,7 +39,7 @@ def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
     examples), the output projection is scaled so that the mean's RMS is POOLED_TO_RESIDUAL times the
     residual's at the last tokens, and the head mostly reads the mean from the first step.
 
-    A body whose blocks are of neither kind keeps last-token pooling, and says so in one line.
+    A body whose blocks are of neither kind keeps last-token pooling, says so in one line, and returns None.
     """
     body, config = model.base_model, model.config
     blocks = transformer_blocks(body)
@@ -47,7 +47,7 @@ def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
     if init is None:
         print(f"pooling=mean: {type(body).__name__} has no list of Llama- or GPT-2-style transformer blocks to add "
               "a mean-pooling block to; using pooling=last", flush=True)
-        return
+        return None
     index = len(blocks)
     config.num_hidden_layers = index + 1
     if getattr(config, "layer_types", None) is not None:  # Qwen2/Mistral-style per-layer attention kinds
@@ -57,6 +57,7 @@ def add_mean_pooling_layer(model, calibration: dict | None = None) -> None:
     blocks.append(layer.to(next(body.parameters()).dtype))
     if calibration is not None:
         _calibrate(model, layer, output_projection, calibration)
+    return layer
 
 
 def _mean_init_for(block):

@@ -1,8 +1,9 @@
 """Fine-tune a task head from a pretrained checkpoint (or from scratch, as the control).
 
 Optional steps, each a recipe key: task-adaptive LM training of the body on the task's texts
-(`adapt_steps`), a mean-pooling layer under the head (`pooling: mean`), and early stopping on a
-dev split carved out of the training sample (`dev_fraction`, `early_stopping_patience`).
+(`adapt_steps`), a mean-pooling layer under the head (`pooling: mean`), early stopping on a
+dev split carved out of the training sample (`dev_fraction`, `early_stopping_patience`), and LoRA
+in place of full fine-tuning (`finetune_method: lora`, pipeline/adapters.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import budget, checkpoint, precision
+from pipeline import adapters, budget, checkpoint, precision
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
@@ -38,6 +39,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if cfg.dev_fraction:  # early stopping watches this seeded slice of train, never the eval split
         train_rows, dev_rows = split_dev(train_rows, cfg.dev_fraction, cfg.seed, task.dev_group)
     checkpoint.inspect_model_folder(ckpt)  # a bad --ckpt fails here, before anything is written
+    if cfg.finetune_method == "lora":
+        adapters.check_targets(ckpt, cfg)
     if cfg.pooling != "last" and task.kind != "classification":
         raise PipelineError(f"pooling={cfg.pooling} is for classification heads; {task.name} scores every token: "
                             "use pooling=last")
@@ -57,9 +60,15 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         eval_features, eval_info = task.preprocess(eval_rows, tokenizer, cfg, hub_id, eval_split, labels, False)
         if dev_rows is not None:
             dev_features, _ = task.preprocess(dev_rows, tokenizer, cfg, hub_id, train_split, labels, False)
+    pooling_layer = None
     if cfg.pooling == "mean":  # calibrated on the first training examples (the same for every process)
         first = range(min(CALIBRATION_EXAMPLES, len(train_features)))
-        add_mean_pooling_layer(model, calibration=task.collator(tokenizer)([train_features[i] for i in first]))
+        pooling_layer = add_mean_pooling_layer(
+            model, calibration=task.collator(tokenizer)([train_features[i] for i in first]))
+    lora = None
+    if cfg.finetune_method == "lora":  # the model is wrapped in place: the loop trains it as ever
+        lora = adapters.wrap(model, cfg, train_in_full=[pooling_layer] if pooling_layer is not None else [])
+    parameters = adapters.parameter_counts(model, cfg.finetune_method)
     for split, info in ((train_split, train_info), (eval_split, eval_info)):
         if info.get("truncated"):
             acc.print(f"{split}: {info['truncated']:,} of {info['examples']:,} texts were longer than "
@@ -67,6 +76,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     dev_note = f" (+{len(dev_rows):,} held out as the dev split)" if dev_rows is not None else ""
     acc.print(f"{task.name}: {train_info['examples']:,} train examples ({train_split}){dev_note}, "
               f"{eval_info['examples']:,} eval examples ({eval_split}), init={cfg.init} from {body}")
+    acc.print(f"finetune_method={cfg.finetune_method}: {parameters['trainable']:,} of {parameters['total']:,} "
+              f"parameters train ({parameters['trainable'] / parameters['total']:.2%})")
 
     extras: dict = {}
 
@@ -94,14 +105,17 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     if dev_rows is not None:  # the eval split is read once, now, by the weights that are kept
         metrics = evaluate(trainer.model)
         trainer.log(metrics, "eval")
-    checkpoint.save_final(acc, trainer.model, tokenizer, out / checkpoint.FINAL)
+    if lora is not None:  # final/ the merged model, final/adapter/ the adapter alone
+        adapters.save_final(acc, lora, tokenizer, out / checkpoint.FINAL)
+    else:
+        checkpoint.save_final(acc, trainer.model, tokenizer, out / checkpoint.FINAL)
 
     trained_in = precision.resolve(cfg.mixed_precision, acc.device)
     report = {
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
-        "metrics": metrics, "steps": state.step, "train_seconds": state.train_seconds,
+        "metrics": metrics, "parameters": parameters, "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
         "precision": trained_in.record(),  # what `auto` became on this machine
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.

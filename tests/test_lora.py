@@ -1,0 +1,258 @@
+"""LoRA fine-tuning through peft (finetune_method=lora, pipeline/adapters.py).
+
+The body must stay frozen: final/ differs from the checkpoint only by the merged B·A·alpha/r of each
+target layer, and the adapter saved beside it reproduces final/ on top of the checkpoint. Both task
+families run from the project's tiny checkpoint and from tiny Qwen2 and GPT-2 (Conv1D) checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+from accelerate import Accelerator
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+from conftest import FINETUNE_TINY, ROOT, save_byo
+from pipeline import adapters
+from pipeline.cli import main
+from pipeline.config import FinetuneConfig
+from pipeline.heads import load_head
+from pipeline.optim import CombinedOptimizer, build_optimizer, parameter_depths, parameter_groups
+from pipeline.pooling import add_mean_pooling_layer
+
+HEADS = {"sst2": (AutoModelForSequenceClassification, {"num_labels": 2}), "squad": (AutoModelForQuestionAnswering, {})}
+RUNS = {"sst2": ["max_train_samples=64", "max_eval_samples=16", "max_steps=6", "eval_steps=6", "save_steps=6"],
+        "squad": ["max_length=128", "doc_stride=32", "max_train_samples=48", "max_eval_samples=8", "max_steps=6",
+                  "eval_steps=6", "save_steps=6"]}
+
+
+def _checkpoint(source, tiny_pretrain, byo_texts, tmp_path):
+    if source == "tiny":
+        return tiny_pretrain / "final"
+    return save_byo(tmp_path / source, source, byo_texts, pad=source != "gpt2")
+
+
+def _logits(model, input_ids):
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    return out.logits if hasattr(out, "logits") else torch.cat([out.start_logits, out.end_logits], -1)
+
+
+def _expected_deltas(adapter_dir, scale: float, prefix: str) -> dict[str, torch.Tensor]:
+    """{body weight name: scale·B·A} from the saved adapter (keys base_model.model.<prefix>.<layer>.lora_A.weight)."""
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    deltas = {}
+    for key, a in saved.items():
+        if ".lora_A." in key:
+            layer = key.removeprefix(f"base_model.model.{prefix}.").split(".lora_A.")[0]
+            deltas[f"{layer}.weight"] = scale * saved[key.replace(".lora_A.", ".lora_B.")].float() @ a.float()
+    return deltas
+
+
+# The squad runs use the squad recipe's optimizer=muon: LoRA's matrices take AdamW (one printed line).
+@pytest.mark.parametrize("task", HEADS)
+@pytest.mark.parametrize("source", ["tiny", "qwen2", "gpt2"])
+def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_pretrain, byo_texts, tmp_path, capsys):
+    ckpt = _checkpoint(source, tiny_pretrain, byo_texts, tmp_path)
+    out = tmp_path / "run"
+    # The classifiers from a foreign family also train a pooling block in full, and stop early on a dev split.
+    pooling = ["pooling=mean", "dev_fraction=0.25", "early_stopping_patience=2", "eval_steps=2"] \
+        if task == "sst2" and source != "tiny" else []
+    muon = ["optimizer=muon", "muon_learning_rate=0.005"] if task == "squad" else []
+    main(["finetune", "--task", task, "--ckpt", str(ckpt), "--recipe", str(FINETUNE_TINY), "--out", str(out),
+          "finetune_method=lora", "lora_r=4", "lora_alpha=8", *RUNS[task], *pooling, *muon])
+    printed = capsys.readouterr()
+    report = json.loads((out / "eval.json").read_text())
+    counts = report["parameters"]
+    assert counts["method"] == "lora" and 0 < counts["trainable"] < counts["total"]
+    assert f"finetune_method=lora: {counts['trainable']:,} of {counts['total']:,} parameters train" in printed.out
+    if muon:
+        assert "LoRA's matrices train with AdamW" in printed.out
+    if pooling:
+        assert report["best_step"] and (out / "best" / "model.safetensors").is_file()
+
+    final, adapter_dir = out / "final", out / "final" / "adapter"
+    assert {p.name for p in adapter_dir.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    # The adapter holds exactly what trained: LoRA's matrices, the head, the pooling block.
+    assert sum(t.numel() for t in load_file(adapter_dir / "adapter_model.safetensors").values()) == counts["trainable"]
+    head_class, head_config = HEADS[task]
+    tuned, loading = head_class.from_pretrained(final, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    base, _ = load_head(ckpt, head_class, "pretrained", 0, "sdpa", **head_config)
+
+    # Frozen body: every checkpoint weight is unchanged but for the merged LoRA update of the target layers.
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    deltas = _expected_deltas(adapter_dir, config["lora_alpha"] / config["r"], base.base_model_prefix)
+    assert deltas
+    after = tuned.base_model.state_dict()
+    for name, before in base.base_model.state_dict().items():
+        if name in deltas:
+            delta = deltas[name].T if config["fan_in_fan_out"] else deltas[name]  # GPT-2's Conv1D: [in, out]
+            assert delta.abs().max() > 0, name
+            torch.testing.assert_close(after[name] - before, delta, atol=1e-5, rtol=1e-4)
+        else:
+            assert torch.equal(after[name], before), name
+
+    # The checkpoint + the adapter (peft's own loader) is the fine-tuned model.
+    if pooling:
+        add_mean_pooling_layer(base)  # the same shape; its weights come from the adapter
+    restored = PeftModel.from_pretrained(base, adapter_dir)
+    ids = torch.randint(3, tuned.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_logits(restored, ids), _logits(tuned, ids), atol=1e-5, rtol=1e-4)
+
+    # `make evaluate` re-measures final/ (the adapter/ folder beside the weights is ignored).
+    main(["evaluate", "--ckpt", str(final)])
+    evaluation = json.loads((out / "eval.json").read_text())["evaluation"]
+    assert evaluation["fingerprint"] == report["evaluation"]["fingerprint"]
+    if source == "tiny" and task == "sst2":
+        classify = transformers.pipeline("text-classification", model=str(final))
+        assert classify("a gripping, beautiful film")[0]["label"] in {"negative", "positive"}
+    if source == "tiny" and task == "squad":
+        context = "The book was written by John Smith in 1990."
+        capsys.readouterr()
+        main(["predict", "--task", "squad", "--ckpt", str(final), "--question", "Who wrote it?", "--context", context])
+        answer, _, start, end = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+        assert context[int(start):int(end)].strip() == answer
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_only_lora_head_and_pooling_layer_train(family, byo_texts, tmp_path):
+    folder = save_byo(tmp_path / family, family, byo_texts, pad=family != "gpt2")
+    model, _ = load_head(folder, AutoModelForSequenceClassification, "pretrained", 0, "sdpa", num_labels=2)
+    pooling = add_mean_pooling_layer(model)
+    cfg = FinetuneConfig(finetune_method="lora", optimizer="muon")
+    adapters.wrap(model, cfg, train_in_full=[pooling])
+    blocks = next(child for child in model.base_model.children() if isinstance(child, torch.nn.ModuleList))
+    in_pooling = {id(p) for p in pooling.parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for name, p in model.named_parameters():
+        lora = ".lora_A." in name or ".lora_B." in name
+        head = name.startswith("score.modules_to_save.")
+        pooled = id(p) in in_pooling and ".modules_to_save." in name
+        assert (name in trainable) == (lora or head or pooled), name
+        if lora:  # in the checkpoint's blocks only: the pooling block trains in full
+            assert id(p) not in in_pooling, name
+
+    ids = torch.randint(3, model.config.vocab_size, (4, 16))
+    model.train()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
+
+    # The optimizer sees the trainable parameters only; Muon takes the pooling block's matrices, never LoRA's.
+    groups = parameter_groups(model, cfg)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    muon = {id(p) for g in groups if g["optimizer"] == "muon" for p in g["params"]}
+    assert muon == {id(p) for p in pooling.parameters() if p.requires_grad and p.ndim == 2}
+    assert not muon & adapters.lora_factors(model)
+    assert isinstance(build_optimizer(model, cfg), CombinedOptimizer)
+    block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    params = dict(model.named_parameters())
+    for name, depth in parameter_depths(model).items():  # the blocks are still found: block i is at depth i + 1
+        assert depth == (None if name.startswith("score.") else block_of[id(params[name])] + 1), name
+
+
+@pytest.mark.parametrize("config", [
+    transformers.LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                             num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
+    transformers.GPT2Config(vocab_size=8192, n_embd=256, n_layer=4, n_head=4, n_positions=512),
+], ids=["llama", "gpt2"])
+def test_trainable_share_of_a_realistic_shape(config):
+    """The shape of recipes/pretrain/cpu.yaml (5M parameters): LoRA of rank 8 trains a few percent of it."""
+    config.pad_token_id, config.num_labels = 0, 2
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    full = adapters.parameter_counts(model, "full")
+    assert full["trainable"] == full["total"]
+    adapters.wrap(model, FinetuneConfig(finetune_method="lora"))
+    lora = adapters.parameter_counts(model, "lora")
+    assert 0 < lora["trainable"] < 0.1 * lora["total"]
+    targets = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    expected = {"c_attn", "c_proj", "c_fc"} if config.model_type == "gpt2" else \
+        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert targets == expected  # every projection of the blocks, never the head
+    assert "score" not in {n for n, m in model.named_modules() if hasattr(m, "lora_A")}
+
+
+def test_save_final_reloads_as_the_merged_model(byo_texts, tmp_path):
+    folder = save_byo(tmp_path / "qwen2", "qwen2", byo_texts)
+    model, tokenizer = load_head(folder, AutoModelForQuestionAnswering, "pretrained", 0, "sdpa")
+    lora = adapters.wrap(model, FinetuneConfig(finetune_method="lora", lora_target_modules=["q_proj", "mlp.down_proj"]))
+    with torch.no_grad():  # as if trained: B is no longer zero
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(3, model.config.vocab_size, (2, 20))
+    before_merge = _logits(model, ids)
+    adapters.save_final(Accelerator(cpu=True), lora, tokenizer, tmp_path / "final")
+    merged = _logits(model, ids)  # the object itself is now the merged model
+    assert not any(".lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(merged, before_merge, atol=1e-5, rtol=1e-4)
+    reloaded, loading = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    assert torch.equal(_logits(reloaded, ids), merged)
+    targets = json.loads((tmp_path / "final" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(t.rsplit(".", 2)[-2] + "." + t.rsplit(".", 1)[-1] for t in targets) == \
+        ["mlp.down_proj"] * 2 + ["self_attn.q_proj"] * 2
+    assert not list((tmp_path).glob(".tmp-*"))  # the staged adapter was moved inside final/
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["finetune_method=qlora"], "recipe key 'finetune_method' = 'qlora' is invalid: it must be one of full, lora"),
+    (["lora_r=0"], "recipe key 'lora_r' = 0 is invalid"),
+    (["lora_alpha=-1"], "recipe key 'lora_alpha' = -1 is invalid"),
+    (["lora_dropout=1.0"], "recipe key 'lora_dropout' = 1.0 is invalid"),
+    (["init=scratch"], "finetune_method=lora with init=scratch"),
+    (["adapt_steps=5"], "adapt_steps trains the whole body"),
+    (["lora_target_modules=[q_proj,qq_proj]"], "qq_proj names no linear layer of"),
+])
+def test_bad_lora_keys_exit_2_with_one_line(tiny_pretrain, tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"), "--recipe", str(FINETUNE_TINY),
+              "--out", str(tmp_path / "out"), "finetune_method=lora", *overrides])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    if "qq_proj" in message:  # the line names the layers there are
+        assert "self_attn.q_proj, self_attn.k_proj" in lines[0] and "mlp.down_proj" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_kill_9_then_resume_is_bit_identical(tiny_pretrain, tmp_path):
+    """LoRA with dropout and a pooling block trained in full, killed after a checkpoint, resumed across an epoch
+    boundary. Dropout draws from the global RNG, which the checkpoint restores; each DataLoader the loop starts
+    has a seeded generator of its own, so starting one at the resume takes nothing from that stream."""
+    args = [sys.executable, "-m", "pipeline", "finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"),
+            "--recipe", str(FINETUNE_TINY), "finetune_method=lora", "max_train_samples=64",
+            "max_steps=10", "save_steps=3", "eval_steps=10", "max_eval_samples=16", "pooling=mean",
+            "lora_dropout=0.1"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([*args, "--out", str(reference)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*args, "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-6" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    result = subprocess.run([*args, "--out", str(killed), "resume=true"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in result.stdout + result.stderr
+    for weights in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(reference / "final" / weights), load_file(killed / "final" / weights)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (weights, name)
