@@ -116,7 +116,10 @@ def _flex_matches_sdpa() -> bool:
         torch.manual_seed(0)
         model = LlamaForCausalLM._from_config(config, attn_implementation=name).eval()
         with torch.no_grad():
-            logits[name] = model(input_ids=ids, use_cache=False).logits
+            try:
+                logits[name] = model(input_ids=ids, use_cache=False).logits
+            except Exception:  # noqa: BLE001 - compiled flex failing outright on this CPU is a "no", not a crash
+                return False
     got, want = logits["flex_attention"], logits["sdpa"]
     return bool(torch.isfinite(got).all()) and (got - want).abs().max().item() < FLEX_CHECK_TOLERANCE
 

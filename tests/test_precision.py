@@ -43,6 +43,8 @@ def test_auto_trains_in_bf16_only_where_the_cpu_has_it_natively(stated):
 
 def test_the_measured_answer_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path))
+    for name in machine.ISA_ENV:  # start from no ISA limits, whatever the shell running the tests set
+        monkeypatch.delenv(name, raising=False)
     calls = []
 
     def measure():
