@@ -17,7 +17,9 @@ import shutil
 from functools import partial
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 
 from pipeline.errors import PipelineError
 
@@ -113,26 +115,46 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
 
 
 def _drop_tied_copies(accelerator: Accelerator, models: list, weights: list[dict], output_dir: str) -> None:
-    """Leave tied weights (lm_head.weight is the input embedding) out of the saved model state.
+    """Leave tied weights and frozen parameters out of the saved model state.
 
     safetensors cannot store one tensor under two names, so accelerate drops the second name
     itself, with a warning at every checkpoint. Dropping the declared tie here saves the same file
     (save_pretrained does the same), loads the same way, and keeps that warning for a real surprise.
+    A frozen parameter (LoRA's body) never changes: the resumed run rebuilds it from the checkpoint it
+    started from, so a LoRA checkpoint holds the adapters and the heads, not a copy of the whole body.
     """
     for model, state in zip(models, weights):
-        tied = getattr(accelerator.unwrap_model(model), "all_tied_weights_keys", {})  # {target: source}
-        for name in [n for n in state if n.removeprefix("module.") in tied]:  # DDP's state dict says module.
+        unwrapped = accelerator.unwrap_model(model)
+        tied = getattr(unwrapped, "all_tied_weights_keys", {})  # {target: source}
+        frozen = frozen_parameter_names(unwrapped)
+        for name in [n for n in state if n.removeprefix("module.") in tied.keys() | frozen]:  # DDP says module.
             del state[name]
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+def frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, model: torch.nn.Module) -> dict:
     """Restore model, optimizer and RNG from `path`; return the trainer state.
 
     Weights come from safetensors; optimizer and RNG state go through torch.load with
-    weights_only=True, which refuses any pickled object that is not plain tensors and data.
+    weights_only=True, which refuses any pickled object that is not plain tensors and data. Where
+    `model` has frozen parameters the checkpoint left them out (they are the starting checkpoint's),
+    so the load is not strict: instead every parameter that trains must be in the file.
     """
+    unwrapped = accelerator.unwrap_model(model)
+    frozen = frozen_parameter_names(unwrapped)
     try:
-        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+        if frozen:
+            weights = path / "model.safetensors"
+            with safe_open(weights, "pt") as f:
+                saved = {key.removeprefix("module.") for key in f.keys()}
+            tied = getattr(unwrapped, "all_tied_weights_keys", {})
+            missing = [name for name, _ in unwrapped.named_parameters() if name not in saved | frozen | tied.keys()]
+            if missing:
+                raise KeyError(f"{weights.name} lacks {len(missing)} trained parameters, e.g. {missing[0]}")
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True}, **({"strict": False} if frozen else {}))
     except (pickle.UnpicklingError, RuntimeError, OSError, KeyError) as e:
         raise PipelineError(f"checkpoint {path} cannot be loaded safely ({str(e).splitlines()[0][:120]}): "
                             "delete it to resume from an older one, or start over with overwrite=true") from None

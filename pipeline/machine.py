@@ -41,6 +41,17 @@ def describe() -> dict:
     return {"cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
+def peak_memory(device: torch.device) -> dict:
+    """The run's peak memory so far: on a GPU the most its tensors held (what a bigger batch would
+    compete for), on a CPU the process's peak resident set (weights, optimizer, activations, data,
+    and the libraries themselves)."""
+    if device.type == "cuda":
+        return {"kind": "cuda_max_allocated", "bytes": torch.cuda.max_memory_allocated(device)}
+    import resource  # Linux reports ru_maxrss in KiB
+
+    return {"kind": "cpu_peak_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def probed(name: str, measure: Callable[[], dict]) -> dict:
     """`measure()`'s answer for this machine, from the cache or measured now and cached."""
     key = f"{name} | {cpu_model()} | flags {_cpu_flags_digest()} | torch {torch.__version__} | " + \

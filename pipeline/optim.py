@@ -119,6 +119,21 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return CombinedOptimizer(adamw, muon)
 
 
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of tensors in the optimizer's state (AdamW's two moments, Muon's momentum): what a method that
+    trains fewer parameters saves besides their gradients."""
+    def walk(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(walk(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(walk(v) for v in value)
+        return 0
+
+    return walk(optimizer.state_dict())
+
+
 class CombinedOptimizer(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, stepped, zeroed, scheduled and saved as one.
 

@@ -162,7 +162,7 @@ class Trainer:
 
         resume_from = checkpoint.latest_checkpoint(self.out) if cfg.resume else None
         if resume_from is not None:
-            self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from))
+            self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from, model))
             if acc.is_main_process:
                 checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
@@ -241,6 +241,7 @@ class Trainer:
         for tracker in acc.trackers:  # flush TensorBoard; end_training() would also tear down the process group
             tracker.finish()
         self.model = acc.unwrap_model(model)
+        self.optimizer = optimizer  # its state's size goes into the report
         return self.state
 
     def run_evaluation(self, model) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import adapters, budget, checkpoint, precision
+from pipeline import adapters, budget, checkpoint, machine, optim, precision
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig, to_yaml
@@ -115,7 +115,9 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
-        "metrics": metrics, "parameters": parameters, "steps": state.step, "train_seconds": state.train_seconds,
+        "metrics": metrics, "parameters": parameters,
+        "memory": {**machine.peak_memory(acc.device), "optimizer_state_bytes": optim.state_bytes(trainer.optimizer)},
+        "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
         "precision": trained_in.record(),  # what `auto` became on this machine
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
