@@ -40,7 +40,7 @@ SEEDS ?= 1337 1338 1339
 JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu clean
+.PHONY: help install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu bench-lora clean
 
 # The default target: every target with the line after its `##`.
 help:  ## this list
@@ -146,6 +146,10 @@ bench-loss:  ## the LM head's loss: full logits against a chunked loss, time and
 # peak, peak memory (needs a CUDA GPU). On a lent GPU machine without network: bench/gpu/run.sh.
 bench-gpu:  ## GPU pretraining tokens/s, MFU against the measured peak, memory (needs CUDA)
 	$(PY) bench/gpu.py $(ARGS)
+
+# LoRA against full fine-tuning (issue: brought checkpoints and LoRA): score, step time, memory, sizes.
+bench-lora:  ## LoRA against full fine-tuning at 3 seeds; ARGS="--large" for a ~1B model's memory
+	$(PY) bench/lora.py $(ARGS)
 
 clean:  ## remove runs/ and data/cache/ (reports/ stays)
 	rm -rf runs data/cache  # reports/ holds committed results: not removed
