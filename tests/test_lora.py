@@ -78,6 +78,10 @@ def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_p
     assert f"finetune_method=lora: {counts['trainable']:,} of {counts['total']:,} parameters train" in printed.out
     if muon:
         assert "LoRA's matrices train with AdamW" in printed.out
+    # The optimizer keeps state for what trains only: AdamW's two fp32 moments (and a step count) per parameter.
+    memory = report["memory"]
+    assert 8 * counts["trainable"] <= memory["optimizer_state_bytes"] < 9 * counts["trainable"]
+    assert memory["kind"] == "cpu_peak_rss" and memory["bytes"] > 0
     if pooling:
         assert report["best_step"] and (out / "best" / "model.safetensors").is_file()
 
