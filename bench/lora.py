@@ -96,8 +96,9 @@ def write(rows: list[dict], args, machine: dict, report: Path) -> None:
     gaps, ratios, states, shares = [], [], [], []
     for task in dict.fromkeys(r["task"] for r in rows):
         by = {m: [r for r in rows if r["task"] == task and r["method"] == m] for m in METHODS}
-        score = "f1" if task == "squad" else "accuracy"
-        (full, full_sd), (lora, lora_sd) = (mean_sd([100 * r[score] for r in by[m]]) for m in METHODS)
+        # accuracy is a fraction, SQuAD's F1 already in points
+        points = (lambda r: r["f1"]) if task == "squad" else (lambda r: 100 * r["accuracy"])
+        (full, full_sd), (lora, lora_sd) = (mean_sd([points(r) for r in by[m]]) for m in METHODS)
         share = mean(by["lora"], "trainable") / mean(by["lora"], "total")
         ratio = mean(by["lora"], "step_seconds") / mean(by["full"], "step_seconds")
         state = mean(by["lora"], "optimizer_state_bytes") / mean(by["full"], "optimizer_state_bytes")
