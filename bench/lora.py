@@ -40,7 +40,7 @@ SEEDS = [1337, 1338, 1339]
 LARGE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
              num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
 LARGE_RUN = ["max_steps=3", "global_batch_size=8", "micro_batch_size=8", "max_train_samples=64", "dev_fraction=0",
-             "max_eval_samples=32", "save_steps=1000", "logging_steps=1", "warmup_steps=0"]
+             "early_stopping_patience=0", "max_eval_samples=32", "save_steps=1000", "logging_steps=1", "warmup_steps=0"]
 
 
 def folder_bytes(path: Path) -> int:
