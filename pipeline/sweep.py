@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.json_files import read_json, write_json
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run_jobs(jobs: list[Job], ckpt: Path | None = None, parallel: int = 1, row=N
             future.result()  # the first failure stops the study with its message
     bar.close()
     row = row or result_row
-    return [row(job, json.loads(job.result_file.read_text())) for job in jobs]
+    return [row(job, read_json(job.result_file)) for job in jobs]
 
 
 def result_row(job: Job, report: dict) -> dict:
@@ -109,8 +110,7 @@ def parse_with_overrides(parser, argv: list[str] | None = None):
 
 def save_rows(report: Path, rows: list[dict], **meta) -> None:
     """A study's results as `<report>.json`: what it ran on (`meta`: machine, checkpoint, ...) and its rows."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    write_json(report.with_suffix(".json"), {**meta, "rows": rows})
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
