@@ -11,6 +11,10 @@ Poolings:
 - `mean`: the mean over the text's tokens, without padding and without BOS. BOS is always at
   position 0 and attends only to itself, so its state is the same vector for every text;
   averaging it in would add a 1/length-weighted constant, a length signal rather than content.
+  The fine-tuning head's `pooling: mean` layer (pipeline/pooling.py) does average BOS in: it is a
+  plain decoder layer, whose causal mask cannot leave position 0 out, and it trains, so it can learn
+  to discount that constant; a frozen linear probe cannot. The committed probe figures
+  (reports/probe/) are without BOS; docs/transfer.md says the same.
 """
 
 from __future__ import annotations
