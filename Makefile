@@ -102,7 +102,8 @@ bench-pretrain:  ## pretraining tokens/s and MFU: the project's Trainer against 
 	$(PY) bench/pretrain.py
 
 bench-attention:  ## attention backends: time and memory against sequence length, quality at equal budget
-	$(PY) bench/attention.py
+	$(PY) bench/attention_speed.py
+	$(PY) bench/attention_quality.py
 
 bench-profile:  ## where a pretraining step's time goes (torch.profiler)
 	$(PY) bench/profile_step.py $(ARGS)

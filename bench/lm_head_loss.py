@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attention import PeakMemory  # bench/attention.py
+from attention_speed import PeakMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from pipeline.json_files import write_json  # noqa: E402
