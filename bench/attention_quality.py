@@ -54,25 +54,25 @@ def quality_runs(seq: int, short_docs: list[str]) -> list[tuple[str, list[str], 
     ]
 
 
-def pretrain(a, overrides: list[str], seed: int) -> tuple[dict, dict]:
+def pretrain(args, overrides: list[str], seed: int) -> tuple[dict, dict]:
     """(run.json, corpus.json) of one pretraining run through the CLI, in a folder deleted afterwards."""
-    budget = [f"max_steps={a.quality_steps}", f"seq_len={a.quality_seq}", "model.num_heads=4",
-              "model.num_kv_heads=null", "attn_implementation=sdpa", f"eval_steps={a.quality_steps}",
-              f"save_steps={a.quality_steps}", f"logging_steps={a.quality_steps}", "num_samples=0"]
+    budget = [f"max_steps={args.quality_steps}", f"seq_len={args.quality_seq}", "model.num_heads=4",
+              "model.num_kv_heads=null", "attn_implementation=sdpa", f"eval_steps={args.quality_steps}",
+              f"save_steps={args.quality_steps}", f"logging_steps={args.quality_steps}", "num_samples=0"]
     with tempfile.TemporaryDirectory(prefix="bench-attention-") as tmp:
-        cmd = [sys.executable, "-m", "pipeline", "pretrain", "--recipe", a.quality_recipe, "--out", f"{tmp}/run",
-               *budget, *a.quality_override, f"seed={seed}", *overrides]
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {})}
+        cmd = [sys.executable, "-m", "pipeline", "pretrain", "--recipe", args.quality_recipe, "--out", f"{tmp}/run",
+               *budget, *args.quality_override, f"seed={seed}", *overrides]
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
         return read_json(Path(tmp, "run", "run.json")), read_json(Path(tmp, "run", "corpus.json"))
 
 
-def run_quality(a) -> list[dict]:
+def run_quality(args) -> list[dict]:
     rows = []
-    for name, overrides, baseline in quality_runs(a.quality_seq, a.quality_short_docs):
-        runs = [pretrain(a, overrides, 1337 + i) for i in range(a.quality_seeds)]
+    for name, overrides, baseline in quality_runs(args.quality_seq, args.quality_short_docs):
+        runs = [pretrain(args, overrides, 1337 + i) for i in range(args.quality_seeds)]
         losses = [summary["eval"]["loss"] for summary, _ in runs]
         summary, corpus = runs[0]
         rows.append({"run": name, "baseline": baseline, "overrides": overrides, "parameters": summary["parameters"],
@@ -99,15 +99,15 @@ def main() -> None:
                     default=["dataset=fancyzhx/ag_news", "eval_split=test", "max_documents=20000"],
                     help="recipe overrides giving the doc-masking pair a corpus of short documents")
     add_common_args(ap)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    quality = run_quality(a)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quality = run_quality(args)
     # The report's environment line names the speed half's dtype, as it did when one script ran both halves.
     cuda = torch.cuda.is_available()
-    save(Path(a.out), {"quality": quality}, vars(a), torch.device("cuda" if cuda else "cpu"),
+    save(Path(args.out), {"quality": quality}, vars(args), torch.device("cuda" if cuda else "cpu"),
          torch.bfloat16 if cuda else torch.float32)
-    print(f"wrote {a.out}/attention.*")
+    print(f"wrote {args.out}/attention.*")
 
 
 if __name__ == "__main__":

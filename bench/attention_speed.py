@@ -138,29 +138,29 @@ def measure(model, inputs: dict, backward: bool, repeats: int, device: torch.dev
     return statistics.median(times), max(peaks)
 
 
-def run_series(a, backend: str, variant: str, backward: bool, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def run_series(args, backend: str, variant: str, backward: bool, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """One backend × variant over increasing lengths, until the next would pass the time or memory limit."""
-    overrides, packed = variants(a.window)[variant]
+    overrides, packed = variants(args.window)[variant]
     torch._dynamo.reset()  # flex_attention compiles per mask and shape: keep each series under the recompile limit
-    model = build_causal_lm(llama_config(ModelConfig(**MODEL, **overrides), Vocab(), a.max_seq, backend), seed=0)
+    model = build_causal_lm(llama_config(ModelConfig(**MODEL, **overrides), Vocab(), args.max_seq, backend), seed=0)
     model.to(device=device, dtype=dtype).train()
     rows, last = [], None  # last: (attention work, seconds, bytes) at the previous length
     for seq in (2**k for k in range(8, 20)):
-        if not a.min_seq <= seq <= a.max_seq:
+        if not args.min_seq <= seq <= args.max_seq:
             continue
-        batch = max(1, a.tokens // seq)
+        batch = max(1, args.tokens // seq)
         work = batch * seq * seq  # the size of the attention matrix
         row = {"backend": backend, "variant": variant, "seq_len": seq, "batch": batch,
                "mode": "fwd+bwd" if backward else "fwd"}
         if last is not None:
             grow = work / last[0]
-            if last[1] * grow > a.max_seconds or last[2] * grow > a.max_memory_gb * GIB:
+            if last[1] * grow > args.max_seconds or last[2] * grow > args.max_memory_gb * GIB:
                 rows.append({**row, "skipped": f"stopped: would take ~{last[1] * grow:.0f} s and "
                                                f"~{last[2] * grow / GIB:.1f} GiB, extrapolated from {seq // 2}"})
                 print(f"{backend:>17} {variant:>7} {seq:>6}: {rows[-1]['skipped']}")
                 break
         try:
-            seconds, peak = measure(model, make_batch(seq, batch, packed, a.doc_len, device), backward, a.repeats, device)
+            seconds, peak = measure(model, make_batch(seq, batch, packed, args.doc_len, device), backward, args.repeats, device)
         except Exception as e:  # e.g. torch.compile of flex_attention failing at one shape: record it, go on
             rows.append({**row, "skipped": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"})
             print(f"{backend:>17} {variant:>7} {seq:>6}: {rows[-1]['skipped']}")
@@ -172,9 +172,9 @@ def run_series(a, backend: str, variant: str, backward: bool, device: torch.devi
     return rows
 
 
-def run_speed(a, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def run_speed(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     rows = []
-    for backend in a.backends:
+    for backend in args.backends:
         try:
             check_backend(backend, device, training=True)
             backward = True
@@ -184,10 +184,10 @@ def run_speed(a, device: torch.device, dtype: torch.dtype) -> list[dict]:
                 print(f"{backend}: skipped ({e})")
                 continue
             backward = False  # flex on CPU: forward only, marked so in every row
-        for variant in a.variants:
+        for variant in args.variants:
             if backend == BLOCKSPARSE_SDPA and variant not in MASKED:
                 continue  # no mask: exactly sdpa
-            rows += run_series(a, backend, variant, backward, device, dtype)
+            rows += run_series(args, backend, variant, backward, device, dtype)
     return rows
 
 
@@ -232,19 +232,19 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=512, help="sliding window of the window variant")
     ap.add_argument("--doc-len", type=int, default=512, help="mean document length of the packed variant")
     add_common_args(ap)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    a.tokens = a.tokens or a.max_seq
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.tokens = args.tokens or args.max_seq
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    if a.max_memory_gb is None:
+    if args.max_memory_gb is None:
         free = torch.cuda.mem_get_info()[0] if cuda else psutil.virtual_memory().available
-        a.max_memory_gb = free / 2 / GIB
+        args.max_memory_gb = free / 2 / GIB
 
-    out = Path(a.out)
-    speed = run_speed(a, device, dtype)
-    report = save(out, {"speed": speed}, vars(a), device, dtype)
+    out = Path(args.out)
+    speed = run_speed(args, device, dtype)
+    report = save(out, {"speed": speed}, vars(args), device, dtype)
     if speed:
         plot(speed, "seconds", "time per call (s)", out / "attention_time.png", 1)
         plot(speed, "peak_bytes", "peak extra memory per call (MiB)", out / "attention_memory.png", 2**20)
