@@ -86,27 +86,10 @@ generate:  ## PROMPT="...": sample a continuation from the pretrained model
 # SEEDS (the first in runs/finetune/<task>, the others in <task>-seed<N>; SQuAD at the first only),
 # evaluate, report. The fine-tunes run JOBS at a time, each on its share of the cores: small
 # fine-tunes are bound by per-step overhead, so two one-thread runs on 2 cores finish sooner than one
-# two-thread run. Safe to rerun after a kill: a run with final/ is skipped, one with checkpoints/ resumes.
+# two-thread run. Every run goes through $(LAUNCH), by pipeline/sweep.py as every study's runs do, so
+# it is safe to rerun after a kill: a finished run is skipped, one with checkpoints/ resumes.
 all:  ## the whole study: pretrain, every task x {pretrained, scratch} x SEEDS, evaluate, report
-	@set -eo pipefail; \
-	stage() { out=$$1; shift; \
-	  if [ -d $$out/final ]; then echo "$$out: finished, skipped"; \
-	  else $(LAUNCH) pipeline "$$@" $$(test -d $$out/checkpoints && echo resume=true); fi; }; \
-	export -f stage; \
-	ckpt=runs/pretrain/cpu; \
-	stage $$ckpt pretrain --recipe recipes/pretrain/cpu.yaml --out $$ckpt; \
-	first=$(firstword $(SEEDS)); \
-	for task in $$($(PY) -c 'from pipeline.tasks import TASKS; print(*TASKS)'); do \
-	  seeds="$(SEEDS)"; [ $$task = squad ] && seeds=$$first; \
-	  for seed in $$seeds; do \
-	    run=runs/finetune/$$task$$([ $$seed = $$first ] || echo -seed$$seed); \
-	    echo $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed; \
-	    run=runs/finetune/$$task-scratch$$([ $$seed = $$first ] || echo -seed$$seed); \
-	    echo $$run finetune --task $$task --ckpt $$ckpt/final --out $$run seed=$$seed init=scratch; \
-	  done; \
-	done | \
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( ($$(nproc) + $(JOBS) - 1) / $(JOBS) ))} \
-	  xargs -P $(JOBS) -L 1 bash -c 'stage "$$@"' stage
+	$(PY) -m pipeline study --seeds $(SEEDS) --parallel $(JOBS) --launch "$(LAUNCH)"
 	$(PY) -m pipeline evaluate --report $(REPORT)
 
 # The suite is mostly short CLI runs, bound by one thread's start-up and per-step overhead: one
@@ -119,7 +102,8 @@ bench-pretrain:  ## pretraining tokens/s and MFU: the project's Trainer against 
 	$(PY) bench/pretrain.py
 
 bench-attention:  ## attention backends: time and memory against sequence length, quality at equal budget
-	$(PY) bench/attention.py
+	$(PY) bench/attention_speed.py
+	$(PY) bench/attention_quality.py
 
 bench-profile:  ## where a pretraining step's time goes (torch.profiler)
 	$(PY) bench/profile_step.py $(ARGS)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ from pretrain import NEVER, reset_state, run_pipeline, timed_rate  # noqa: E402
 
 from pipeline import corpus, machine  # noqa: E402
 from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
+from pipeline.json_files import write_json  # noqa: E402
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token  # noqa: E402
 
 SPEC_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16 datasheet figures, for reference only
@@ -94,7 +94,7 @@ def measure(name: str, recipe: str, overrides: list[str], data, steps: int, warm
 
 def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), report)
     rows = report["rows"]
     peak, spec = report["peak_tflops_bf16"], report["spec_tflops_bf16"]
     lines = [

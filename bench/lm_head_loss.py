@@ -15,8 +15,8 @@ Prints a table and writes reports/bench/lm_head_loss.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attention import PeakMemory  # bench/attention.py
+from attention_speed import PeakMemory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
+from pipeline.json_files import write_json  # noqa: E402
 
 
 def full_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -94,9 +97,7 @@ def main() -> None:
     assert max(values) - min(values) < 1e-3, f"the losses disagree: {values}"  # same function, four ways
 
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "rows": rows}, indent=2) + "\n")
+    write_json(out, {"args": vars(a), "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows})
     print(f"→ {out}")
 
 

@@ -5,6 +5,7 @@ figure is what the BLAS backend really reaches here, not a datasheet number. MFU
 against the peak of the precision a run trains in (`training_peak`).
 
     .venv/bin/python bench/peak.py
+    .venv/bin/python bench/peak.py --sizes 512      # the product pipeline/precision.py's probe times
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def default_sizes(device: torch.device) -> tuple[int, ...]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", help="square sizes n (default: 2048 4096, on CUDA 4096 8192)")
     dev = default_device()
-    print(f"device {dev}, {torch.get_num_threads()} threads")
+    sizes = tuple(ap.parse_args().sizes or default_sizes(dev))
+    print(f"device {dev}, {torch.get_num_threads()} threads, n = {' '.join(map(str, sizes))}")
     for dt in (torch.bfloat16, torch.float32):
-        print(f"{str(dt).removeprefix('torch.'):>9}: {matmul_gflops(dt, dev, default_sizes(dev)):,.0f} GFLOP/s")
+        print(f"{str(dt).removeprefix('torch.'):>9}: {matmul_gflops(dt, dev, sizes):,.0f} GFLOP/s")

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import json
 import signal
 import statistics
 import sys
@@ -36,6 +35,7 @@ from pipeline import corpus, precision  # noqa: E402
 from pipeline.attention import check_backend  # noqa: E402
 from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.json_files import write_json  # noqa: E402
 from pipeline.lm import PackedCollator  # noqa: E402
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token  # noqa: E402
 from pipeline.trainer import Trainer, make_accelerator  # noqa: E402
@@ -188,8 +188,7 @@ def main() -> None:
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     speedup = "" if hf_tok_s is None else f", {report['speedup_vs_trainer']:.2f}× transformers.Trainer"
     print(f"pipeline {tok_s:,.0f} tokens/s{speedup}; MFU {report['mfu']:.1%} of {peak:,.0f} GFLOP/s bf16 → {out}")
 

@@ -14,7 +14,6 @@ copies). Writes the table to reports/bench/profile.md and a Chrome trace next to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path

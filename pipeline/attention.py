@@ -100,12 +100,14 @@ def flex_attention_is_right_on_cpu() -> bool:
     is trusted, in the state the run will use: the thread count is part of the cache key.
     """
     key = f"flex_attention_cpu_{torch.get_num_threads()}_threads"
-    return bool(machine.probed(key, lambda: {"right": _flex_matches_sdpa()})["right"])
+    return bool(machine.probed(key, lambda: {"right": flex_logit_error() < FLEX_CHECK_TOLERANCE})["right"])
 
 
-def _flex_matches_sdpa() -> bool:
-    """A tiny Llama (grouped-query heads, a short causal batch) run through transformers with flex and with
-    SDPA, same weights: the path a run takes, since flex's own kernel can be right where the model's call is not."""
+def flex_logit_error() -> float:
+    """The largest logit difference between flex attention and SDPA (inf: flex failed or gave NaN) for a tiny
+    Llama (grouped-query heads, a short causal batch) run through transformers, same weights: the path a
+    run takes, since flex's own kernel can be right where the model's call is not. On a CPU, the figures
+    above: `OMP_NUM_THREADS=1 python -c "from pipeline.attention import flex_logit_error as e; print(e())"`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -119,9 +121,9 @@ def _flex_matches_sdpa() -> bool:
             try:
                 logits[name] = model(input_ids=ids, use_cache=False).logits
             except Exception:  # noqa: BLE001 - compiled flex failing outright on this CPU is a "no", not a crash
-                return False
+                return float("inf")
     got, want = logits["flex_attention"], logits["sdpa"]
-    return bool(torch.isfinite(got).all()) and (got - want).abs().max().item() < FLEX_CHECK_TOLERANCE
+    return (got - want).abs().max().item() if bool(torch.isfinite(got).all()) else float("inf")
 
 
 def attn_implementation_for(config, requested: str) -> str:

@@ -7,7 +7,6 @@ uses by default), with the same metrics as the fine-tuned models. Each result is
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import FinetuneConfig
+from pipeline.json_files import read_json, write_json
 from pipeline.tasks.classification import scores
 from pipeline.tasks import get_task
 
@@ -32,8 +32,8 @@ def run(task_name: str, root: Path, max_eval_samples: int | None = None, seed: i
     path = root / f"{task.name}.json"
     splits = {"dataset": task.dataset, "train_split": task.train_split, "eval_split": task.eval_split,
               "max_eval_samples": max_eval_samples, "seed": seed}
-    if path.is_file():
-        cached = json.loads(path.read_text())
+    cached = read_json(path)
+    if cached:
         if all(cached.get(k) == v for k, v in splits.items()):  # else the task changed: recompute
             return cached
     cfg = FinetuneConfig(max_eval_samples=max_eval_samples, seed=seed)
@@ -54,8 +54,7 @@ def run(task_name: str, root: Path, max_eval_samples: int | None = None, seed: i
         "majority": scores(majority, y_eval, len(labels)), "tfidf_lr": scores(tfidf, y_eval, len(labels)),
         "seconds": time.time() - started,
     }
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     log(f"baselines {task.name}: majority {result['majority']['accuracy']:.4f}, "
         f"TF-IDF + LR {result['tfidf_lr']['accuracy']:.4f} accuracy → {path}")
     return result

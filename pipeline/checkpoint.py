@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from safetensors import safe_open
 
 from pipeline.errors import PipelineError
+from pipeline.json_files import write_json
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
@@ -68,11 +69,6 @@ def clear_run_dir(out: Path) -> None:
             path.unlink()
 
 
-def read_json(path: Path) -> dict:
-    """A run's JSON file (run.json, eval.json, a baseline), or {} when the run has not written it."""
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def checkpoints(out: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
     root = out / CHECKPOINTS
@@ -105,7 +101,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, state: dict,
         handle.remove()
     accelerator.wait_for_everyone()  # every process has written its part (e.g. its RNG state)
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json(tmp / STATE_FILE, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for _, old in checkpoints(out)[:-keep]:

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time, each on cores/parallel threads")
     c.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every fine-tune")
 
+    a = stages.add_parser("study", help="make all's runs: pretrain the cpu recipe, then every task × seed × "
+                                        "{pretrained, scratch} fine-tune; finished runs skipped, killed ones resumed")
+    a.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339])
+    a.add_argument("--parallel", type=int, default=1, help="fine-tunes at a time, each on cores/parallel threads")
+    a.add_argument("--launch", help="the command before `pipeline STAGE ...` (make's $(LAUNCH), e.g. torchrun "
+                                    "... -m); default: this python -m")
+
     r = stages.add_parser("predict", help="print a fine-tuned model's prediction with its score")
     r.add_argument("--task", required=True)
     r.add_argument("--ckpt", help="default: runs/finetune/<task>/final")
@@ -137,6 +144,10 @@ def _dispatch(args: argparse.Namespace) -> None:
                                    or default_pretrained())
         curves.run(ckpt, args.tasks, Path(args.runs), Path(args.out), args.seeds, args.sizes, args.overrides,
                    args.parallel)
+    elif args.stage == "study":
+        from pipeline.stages import study
+
+        study.run(args.seeds, args.parallel, args.launch)
     elif args.stage == "predict":
         from pipeline.stages import predict
 

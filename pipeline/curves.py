@@ -15,7 +15,6 @@ from 63.8 to 65.7 from scratch (3 seeds; IMDB's part of it is its recipe's tail 
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.baselines import tfidf_lr
-from pipeline.checkpoint import read_json
 from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.json_files import read_json
 from pipeline.sweep import Job
 from pipeline.tasks import TASKS
 from pipeline.tasks.classification import scores
@@ -113,9 +112,9 @@ def summary(rows: list[dict]) -> dict[tuple[str, int, bool, str], tuple[float, f
 
 def section(path: Path, out: Path) -> list[str]:
     """The scoreboard's sample-efficiency table and reports/transfer.png, from `make curves`' results."""
-    if not path.is_file():
+    data = read_json(path)
+    if not data:
         return ["## Sample efficiency", "", "— (run `make curves`)"]
-    data = json.loads(path.read_text())
     cells = summary(data["rows"])
     lines = ["## Sample efficiency", "",
              "Accuracy in points against labelled examples: mean ± sd over seeds (each seed draws its own sample); "

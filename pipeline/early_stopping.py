@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineError
+from pipeline.json_files import write_json
 
 WEIGHTS, STATE = "model.safetensors", "state.json"
 
@@ -84,6 +85,6 @@ class EarlyStopping:
         # Tied weights appear under two names; safetensors refuses shared storage, so save copies.
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS)
-        (tmp / STATE).write_text(json.dumps(self.state, indent=2))
+        write_json(tmp / STATE, self.state)
         shutil.rmtree(self.folder, ignore_errors=True)
         os.replace(tmp, self.folder)

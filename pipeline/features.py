@@ -11,6 +11,10 @@ Poolings:
 - `mean`: the mean over the text's tokens, without padding and without BOS. BOS is always at
   position 0 and attends only to itself, so its state is the same vector for every text;
   averaging it in would add a 1/length-weighted constant, a length signal rather than content.
+  The fine-tuning head's `pooling: mean` layer (pipeline/pooling.py) does average BOS in: it is a
+  plain decoder layer, whose causal mask cannot leave position 0 out, and it trains, so it can learn
+  to discount that constant; a frozen linear probe cannot. The committed probe figures
+  (reports/probe/) are without BOS; docs/transfer.md says the same.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from pipeline.inference import length_ordered_batches
+from pipeline.inference import batches_by_length
 
 POOLINGS = ("last", "mean")
 # The regularisation strength is chosen per probe by seeded, stratified cross-validation on the
@@ -49,12 +53,10 @@ def pooled_hidden_states(body, features, collate, batch_size: int, device: torch
     so a batch wastes little on padding.
     """
     body.eval()
-    inputs, lengths, batches = length_ordered_batches(features, batch_size)
-    shape = (body.config.num_hidden_layers + 1, len(lengths), body.config.hidden_size)
+    shape = (body.config.num_hidden_layers + 1, len(features), body.config.hidden_size)
     pooled = {p: np.zeros(shape, np.float32) for p in POOLINGS}
-    with tqdm(total=len(lengths), desc=desc, unit="text") as bar:
-        for idx in batches:
-            batch = {k: v.to(device) for k, v in collate([inputs[int(i)] for i in idx]).items()}
+    with tqdm(total=len(features), desc=desc, unit="text") as bar:
+        for idx, _, batch in batches_by_length(features, collate, batch_size, device):
             states = torch.stack(body(**batch, output_hidden_states=True).hidden_states).float()  # [S, B, T, H]
             mask = batch["attention_mask"].bool()
             # The rightmost real token, whichever side the collator padded.

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 
-def length_ordered_batches(features, batch_size: int):
-    """(inputs, lengths, batches of row indices): rows longest first, so a batch wastes little on padding."""
+def batches_by_length(features, collate, batch_size: int, device: torch.device, process_index: int = 0,
+                      num_processes: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """(row indices, their token counts, collated batch on `device`), longest rows first.
+
+    Rows of like length share a batch, so a batch wastes little on padding; the caller puts each
+    result back at its row index, which restores the dataset's order. Process `process_index` of
+    `num_processes` takes every num_processes-th batch.
+    """
     inputs = features.select_columns(["input_ids", "attention_mask"])
     lengths = np.array([len(ids) for ids in inputs["input_ids"]])
-    order = np.argsort(-lengths, kind="stable")
-    return inputs, lengths, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = np.argsort(-lengths, kind="stable")  # stable: equal lengths keep the dataset's order
+    for start in range(process_index * batch_size, len(order), num_processes * batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([inputs[int(i)] for i in rows])
+        yield rows, lengths[rows], {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -21,25 +32,22 @@ def run_model(model, features, collate, accelerator: Accelerator, batch_size: in
               outputs: tuple[str, ...] = ("logits",), per_token: bool = False) -> dict[str, list[np.ndarray]]:
     """Per-row outputs in dataset order; per-token outputs are trimmed to each row's length.
 
-    Rows are batched by length to waste little on padding; each process takes every
-    num_processes-th batch and the results are gathered on all processes.
+    Each process runs its share of the batches and the results are gathered on all processes.
     """
     was_training = model.training
     model.eval()
-    inputs, lengths, batches = length_ordered_batches(features, batch_size)
     mine = []
-    for batch_idx in batches[accelerator.process_index::accelerator.num_processes]:
-        batch = collate([inputs[int(i)] for i in batch_idx])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    for rows, lengths, batch in batches_by_length(features, collate, batch_size, accelerator.device,
+                                                  accelerator.process_index, accelerator.num_processes):
         with accelerator.autocast():
             result = model(**batch)
         for name in outputs:
             values = getattr(result, name).float().cpu().numpy()
-            for row, i in enumerate(batch_idx):
-                mine.append((name, int(i), values[row][: lengths[i]] if per_token else values[row]))
+            for row, (i, length) in enumerate(zip(rows, lengths)):
+                mine.append((name, int(i), values[row][:length] if per_token else values[row]))
     model.train(was_training)
     gathered = gather_object(mine) if accelerator.num_processes > 1 else mine
-    result = {name: [None] * len(lengths) for name in outputs}
+    result = {name: [None] * len(features) for name in outputs}
     for name, i, value in gathered:
         result[name][i] = value
     return result

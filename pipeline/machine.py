@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.json_files import write_json
+
 # Environment variables that change which kernels torch and oneDNN pick: part of the probe cache key.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
@@ -64,10 +66,7 @@ def probed(name: str, measure: Callable[[], dict]) -> dict:
     if key not in known:
         known[key] = measure()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-            tmp.write_text(json.dumps(known, indent=2))
-            os.replace(tmp, path)
+            write_json(path, known)
         except OSError:
             pass  # a read-only cache only means measuring again next time
     return known[key]

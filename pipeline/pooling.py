@@ -7,7 +7,8 @@ gets an average of the text for free. `pooling: mean` gives the pretrained body 
 
 one more decoder layer on top of the checkpoint's, with its query and key projections set to zero.
 Every attention score is then 0, the softmax is uniform over the tokens a position may see, and the
-last token receives the mean of the (normed, projected) states of the whole text. Zero queries and
+last token receives the mean of the (normed, projected) states of the whole text, BOS included
+(the linear probe's `mean`, pipeline/features.py, leaves BOS out: see there why). Zero queries and
 keys also get zero gradients (each one's gradient is proportional to the other), so the layer stays
 an exact mean while its value/output projections and MLP train. The saved model is an ordinary
 Llama/Mistral/Qwen2/GPT-2 with one more layer: `pipeline("text-classification", model=...)` still loads it.
@@ -24,9 +25,6 @@ from transformers.pytorch_utils import Conv1D
 
 from pipeline.heads import transformer_blocks
 
-POOLINGS = ("last", "mean")
-
-
 POOLED_TO_RESIDUAL = 2.0  # the mean's RMS over the last token's own residual RMS after calibration
 
 
@@ -34,7 +32,7 @@ def add_mean_pooling_layer(model, calibration: dict | None = None) -> torch.nn.M
     """Append the mean-pooling layer to `model`'s body (in place), record it in its config, and return it.
 
     A pretrained residual stream is large (RMS ≈ 9 at the last token of the `cpu` checkpoint) while a
-    mean of normed states is about 0.3: added as is, the mean would be drowned out by the last
+    mean of normed states is about 0.3 (bench/residual_rms.py measures both): added as is, the mean would be drowned out by the last
     token's own state once the final norm rescales both. With a `calibration` batch (a few training
     examples), the output projection is scaled so that the mean's RMS is POOLED_TO_RESIDUAL times the
     residual's at the last tokens, and the head mostly reads the mean from the first step.

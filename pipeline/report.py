@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, renders with
 from pipeline import curves
 
 from pipeline.baselines import MODELS as BASELINES
-from pipeline.checkpoint import read_json
+from pipeline.json_files import read_json
 from pipeline.tasks import TASKS
 
 DASH = "—"

@@ -1,9 +1,10 @@
-"""Run many training runs (a study, a learning curve) as separate processes, resumably.
+"""Run many training runs (a study, a learning curve, `make all`) as separate processes, resumably.
 
 Each job is one `python -m pipeline finetune` (or `pretrain`, for a job with a recipe and no task)
-into its own folder, exactly as a user would run it; a job whose result file (eval.json, run.json)
-exists is read back instead of rerun, so a killed study continues where it stopped. Results come
-back as flat rows for tables and plots.
+into its own folder, exactly as a user would run it, through a launcher (`python -m`, or make's
+`$(LAUNCH)`: torchrun or `accelerate launch` for several processes). A job whose result file
+(eval.json, run.json) exists is skipped and a killed one resumes from its last checkpoint, so a
+study continues where it stopped. Results come back as flat rows for tables and plots.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipeline.checkpoint import CHECKPOINTS, EVAL_FILE, FINAL, METRICS_FILE, RUN_FILE
 from pipeline.errors import PipelineError
+from pipeline.json_files import read_json, write_json
+
+PYTHON_M = (sys.executable, "-m")  # the default launcher: this interpreter, one process
 
 
 @dataclass
@@ -33,46 +38,70 @@ class Job:
 
     @property
     def result_file(self) -> Path:
-        return self.out / ("run.json" if self.task is None else "eval.json")
+        return self.out / (RUN_FILE if self.task is None else EVAL_FILE)
 
-    def command(self, ckpt: Path | None) -> list[str]:
+    def command(self, ckpt: Path | None, launcher=PYTHON_M) -> list[str]:
         if self.task is None:
             stage = ["pretrain", "--recipe", str(self.recipe)]
         else:
             stage = ["finetune", "--task", self.task, "--ckpt", str(ckpt)]
-        return [sys.executable, "-m", "pipeline", *stage, "--out", str(self.out), "overwrite=true", *self.overrides]
+        # A run killed after a checkpoint continues from it; anything else in the folder (a run killed
+        # before its first checkpoint, or one that finished without writing its result) starts over.
+        killed = (self.out / CHECKPOINTS).is_dir() and not (self.out / FINAL).exists()
+        restart = "resume=true" if killed else "overwrite=true"
+        return [*launcher, "pipeline", *stage, "--out", str(self.out), restart, *self.overrides]
 
 
 def run_jobs(jobs: list[Job], ckpt: Path | None = None, parallel: int = 1, row=None) -> list[dict]:
-    """Run the jobs (`parallel` at a time, each on cores / parallel threads) and return their result rows.
+    """Run the jobs (see launch_jobs) and return their result rows (`row(job, result)`, default result_row)."""
+    launch_jobs(jobs, ckpt, parallel)
+    row = row or result_row
+    return [row(job, read_json(job.result_file)) for job in jobs]
+
+
+def launch_jobs(jobs: list[Job], ckpt: Path | None = None, parallel: int = 1, launcher=PYTHON_M,
+                stream: bool = False) -> None:
+    """Run the jobs without a result file, `parallel` at a time, each on cores / parallel threads
+    (an exported OMP_NUM_THREADS wins), through `launcher` (the words before `pipeline STAGE ...`).
 
     Small fine-tunes are bound by per-step Python overhead, which one thread runs: two one-thread
-    processes on two cores finish a study sooner than one two-thread process.
+    processes on two cores finish a study sooner than one two-thread process. Quiet, a progress bar
+    counts the runs and a failure shows the end of its stderr; `stream`, every run prints as it goes.
+    The first failure stops the study: runs not yet started are cancelled.
     """
     env = os.environ.copy()
-    if parallel > 1:
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     todo = [job for job in jobs if not job.result_file.is_file()]
-    bar = tqdm(total=len(todo), desc=f"runs ({len(jobs) - len(todo)} already done)", dynamic_ncols=True)
+    if stream:
+        for job in jobs:
+            if job not in todo:
+                print(f"{job.out}: finished, skipped", flush=True)
+    bar = tqdm(total=len(todo), desc=f"runs ({len(jobs) - len(todo)} already done)", dynamic_ncols=True,
+               disable=stream)
 
     def run(job: Job) -> None:
-        cmd = job.command(ckpt)
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cmd = job.command(ckpt, launcher)
+        done = subprocess.run(cmd, env=env, **({} if stream else {"capture_output": True, "text": True}))
         if done.returncode != 0:
-            raise PipelineError(f"run failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+            tail = "" if stream else f"\n{done.stderr[-2000:]}"
+            raise PipelineError(f"run failed ({done.returncode}): {' '.join(cmd)}{tail}")
         bar.update(1)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in [pool.submit(run, job) for job in todo]:
-            future.result()  # the first failure stops the study with its message
+        futures = [pool.submit(run, job) for job in todo]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the runs already going finish; no new one starts
+            raise
     bar.close()
-    row = row or result_row
-    return [row(job, json.loads(job.result_file.read_text())) for job in jobs]
 
 
 def result_row(job: Job, report: dict) -> dict:
     metrics = report["metrics"]
-    train = [json.loads(line) for line in (job.out / "metrics.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (job.out / METRICS_FILE).read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in train if r["split"] == "train" and "tokens_per_s" in r]
     tokens = max((r["tokens"] for r in train if r["split"] == "train" and "tokens" in r), default=0)
     return {"task": job.task, **job.labels, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
@@ -109,8 +138,7 @@ def parse_with_overrides(parser, argv: list[str] | None = None):
 
 def save_rows(report: Path, rows: list[dict], **meta) -> None:
     """A study's results as `<report>.json`: what it ran on (`meta`: machine, checkpoint, ...) and its rows."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    write_json(report.with_suffix(".json"), {**meta, "rows": rows})
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -15,30 +15,38 @@ from pipeline import report
 
 
 def test_make_all_runs_every_seed_two_at_a_time_but_squad_once(tmp_path):
-    # Stand-ins: a python that answers `-c` (the task list) for real and echoes anything else, and a
-    # launcher that echoes each stage with the threads it was given.
+    # Stand-ins: a python that runs `-m pipeline study` (the runner) for real and echoes the scoreboard
+    # step, and a launcher that echoes each stage with the threads it was given. A finished run and a
+    # killed one are already there.
     stub, launch = tmp_path / "py", tmp_path / "launch"
-    stub.write_text(f'#!/bin/bash\nif [ "$1" = -c ]; then exec {sys.executable} "$@"; fi\necho py "$@"\n')
+    stub.write_text(f'#!/bin/bash\nif [ "$3" != evaluate ]; then exec {sys.executable} "$@"; fi\necho py "$@"\n')
     launch.write_text('#!/bin/bash\necho "launch threads=${OMP_NUM_THREADS:-all} $*"\n')
     for script in (stub, launch):
         script.chmod(0o755)
+    (tmp_path / "runs/finetune/trec").mkdir(parents=True)
+    (tmp_path / "runs/finetune/trec/eval.json").write_text("{}")
+    (tmp_path / "runs/finetune/emotion-seed8/checkpoints").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k not in ("MFLAGS", "OMP_NUM_THREADS") and not k.startswith("MAKE")}
     result = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(ROOT / "Makefile"), "all",
-                             f"PY={stub}", f"LAUNCH={launch}", "SEEDS=7 8", "JOBS=2"],
-                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+                             f"PY={stub}", f"LAUNCH={launch} -m", "SEEDS=7 8", "JOBS=2"],
+                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "launch threads=all pipeline pretrain --recipe recipes/pretrain/cpu.yaml --out runs/pretrain/cpu"
+    assert lines[0] == ("launch threads=all -m pipeline pretrain --recipe recipes/pretrain/cpu.yaml "
+                        "--out runs/pretrain/cpu overwrite=true")
+    assert "runs/finetune/trec: finished, skipped" in lines
     stages = [line for line in lines if " finetune " in line]
-    threads = -(-os.cpu_count() // 2)  # each of the two parallel fine-tunes gets half the cores
-    assert all(line.startswith(f"launch threads={threads} pipeline finetune") for line in stages), stages
+    threads = max(1, os.cpu_count() // 2)  # each of the two parallel fine-tunes gets half the cores
+    assert all(line.startswith(f"launch threads={threads} -m pipeline finetune") for line in stages), stages
+    assert all("--ckpt runs/pretrain/cpu/final" in line for line in stages)
     runs = {line.split("--out ")[1] for line in stages}
-    assert "runs/finetune/sst2 seed=7" in runs and "runs/finetune/sst2-seed8 seed=8" in runs
-    assert "runs/finetune/sst2-scratch seed=7 init=scratch" in runs
-    assert "runs/finetune/sst2-scratch-seed8 seed=8 init=scratch" in runs
+    assert "runs/finetune/sst2 overwrite=true seed=7" in runs and "runs/finetune/sst2-seed8 overwrite=true seed=8" in runs
+    assert "runs/finetune/sst2-scratch overwrite=true seed=7 init=scratch" in runs
+    assert "runs/finetune/sst2-scratch-seed8 overwrite=true seed=8 init=scratch" in runs
+    assert "runs/finetune/emotion-seed8 resume=true seed=8" in runs  # killed: it continues
     assert {r for r in runs if r.startswith("runs/finetune/squad")} == {
-        "runs/finetune/squad seed=7", "runs/finetune/squad-scratch seed=7 init=scratch"}
-    assert len(stages) == len(runs) == 6 * 2 * 2 + 2  # six classification tasks at both seeds, SQuAD at the first
+        "runs/finetune/squad overwrite=true seed=7", "runs/finetune/squad-scratch overwrite=true seed=7 init=scratch"}
+    assert len(stages) == len(runs) == 6 * 2 * 2 + 2 - 1  # six classification tasks at both seeds, SQuAD at the first
     assert lines[-1] == "py -m pipeline evaluate --report runs/reports"
 
 
@@ -50,7 +58,8 @@ def test_make_all_fails_without_a_scoreboard_when_a_stage_fails(tmp_path):
     result = subprocess.run(["make", "-s", "--no-print-directory", "-f", str(ROOT / "Makefile"), "all",
                              f"PY={sys.executable}", f"LAUNCH={fail}", "SEEDS=7"],
                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2
+    assert "error: run failed (2):" in result.stderr and "runs/finetune/sst2-scratch " in result.stderr
     assert "pipeline evaluate" not in result.stdout  # no scoreboard from a half-finished study
 
 

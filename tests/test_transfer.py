@@ -81,7 +81,7 @@ def test_mean_pooling_layer_gives_the_last_token_the_mean_of_the_text():
     x, y = seen["x"], seen["y"][0] if isinstance(seen["y"], tuple) else seen["y"]
     v = layer.self_attn.v_proj.weight
     for row, n in ((0, 7), (1, 5)):
-        mean = layer.input_layernorm(x)[row, :n].mean(0)
+        mean = layer.input_layernorm(x)[row, :n].mean(0)  # position 0 (BOS) in, unlike the probe's `mean`
         torch.testing.assert_close(y[row, n - 1], x[row, n - 1] + v.T @ v @ mean, atol=1e-5, rtol=1e-5)
 
 

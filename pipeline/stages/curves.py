@@ -3,12 +3,12 @@ from scratch, 3 seeds each, with TF-IDF on the same examples; results in runs/cu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline import curves
 from pipeline.checkpoint import inspect_model_folder
 from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.json_files import write_json
 from pipeline.sweep import run_jobs
 from pipeline.tasks import get_task
 
@@ -26,7 +26,6 @@ def run(ckpt: Path, tasks: list[str] | None, runs: Path, out: Path, seeds: int =
         rows += curves.tfidf_rows(task, recipe if recipe.is_file() else None, sizes, seeds)
     rows += curves.full_budget_rows(runs / "finetune", runs / "baselines", tasks)
     budget = "; ".join(f"{n}: {' '.join(curves.BUDGET[n] + curves.ALL_LABELS)}" for n in sizes)
-    path = out / "curves.json"
-    path.write_text(json.dumps({"checkpoint": str(ckpt), "budget": budget, "rows": rows}, indent=2))
+    path = write_json(out / "curves.json", {"checkpoint": str(ckpt), "budget": budget, "rows": rows})
     print(f"wrote {path}")
     return path

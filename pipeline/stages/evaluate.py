@@ -8,8 +8,6 @@ whose fingerprint still matches is skipped, so evaluating everything again is ch
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from functools import cache
 from pathlib import Path
@@ -21,6 +19,7 @@ from pipeline.checkpoint import (CONFIG_FILE, EVAL_FILE, FINAL, PREDICTIONS_FILE
                                  load_causal_lm, load_tokenizer, load_weights, model_kind)
 from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
 from pipeline.errors import PipelineError
+from pipeline.json_files import read_json, write_json
 from pipeline.lm import evaluate_lm, generate_samples
 from pipeline.stages.pretrain import SAMPLE_PROMPTS
 from pipeline.tasks import TASKS, get_task
@@ -39,14 +38,14 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
         final = run_dir / FINAL
         if not (final / "config.json").is_file():
             print(f"{run_dir}: not finished (no final/), skipped")
-        elif _read(run_dir / EVAL_FILE).get("evaluation", {}).get("fingerprint") == fingerprint(final):
+        elif read_json(run_dir / EVAL_FILE).get("evaluation", {}).get("fingerprint") == fingerprint(final):
             print(f"{run_dir}: eval.json is up to date, skipped")
         else:
             evaluate(final)
     # Baselines for the classification tasks that have been fine-tuned (make all fine-tunes them all).
     tuned = {}  # task → the recipe of its run (the pretrained one if both exist), for its eval sample
     for run_dir in sorted(runs.glob("finetune/*/"), reverse=True):  # "<task>" sorts after "<task>-scratch"
-        task_name = _read(run_dir / EVAL_FILE).get("task")
+        task_name = read_json(run_dir / EVAL_FILE).get("task")
         if task_name in TASKS and TASKS[task_name].kind == "classification" and (run_dir / CONFIG_FILE).is_file():
             tuned[task_name] = load_recipe(FinetuneConfig, run_dir / CONFIG_FILE, [])
     for name, cfg in sorted(tuned.items()):
@@ -63,7 +62,7 @@ def evaluate(folder: Path) -> dict:
         raise PipelineError(f"{run_dir}/config.yaml is missing, so {folder} cannot be evaluated on its run's data: "
                             "pass a final/ folder written by make pretrain or make finetune")
     started = time.time()
-    record = _read(run_dir / EVAL_FILE)
+    record = read_json(run_dir / EVAL_FILE)
     if kind == "causal_lm":
         record.setdefault("kind", "pretrain")
         evaluation = _evaluate_lm(folder, run_dir)
@@ -71,7 +70,7 @@ def evaluate(folder: Path) -> dict:
         evaluation = _evaluate_task(folder, run_dir, config, kind, record)
     record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
                             **evaluation, "seconds": time.time() - started}
-    _write(run_dir / EVAL_FILE, record)
+    write_json(run_dir / EVAL_FILE, record)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["metrics"].items() if isinstance(v, float))
     print(f"{run_dir}: {shown} → {run_dir / EVAL_FILE}")
     return record
@@ -116,7 +115,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
     acc = _accelerator()
     metrics, extras = task.evaluate(model.to(acc.device), rows, features, acc, cfg, tokenizer, labels)
     if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-        _write(run_dir / PREDICTIONS_FILE, extras["predictions"])
+        write_json(run_dir / PREDICTIONS_FILE, extras["predictions"])
     return {"dataset": hub_id, "split": split, **info, "metrics": metrics}
 
 
@@ -126,11 +125,3 @@ def _accelerator() -> Accelerator:
     return Accelerator(mixed_precision="no")
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # renamed into place: a kill never leaves half a file
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -8,7 +8,6 @@ in place of full fine-tuning (`finetune_method: lora`, pipeline/adapters.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline import adapters, budget, checkpoint, machine, optim, precision
@@ -18,6 +17,7 @@ from pipeline.config import FinetuneConfig, to_yaml
 from pipeline.early_stopping import EarlyStopping, split_dev
 from pipeline.errors import PipelineError
 from pipeline.heads import load_head
+from pipeline.json_files import write_json
 from pipeline.pooling import add_mean_pooling_layer
 from pipeline.tasks import get_task
 from pipeline.trainer import Trainer, make_accelerator
@@ -126,9 +126,9 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
                        **eval_info, "metrics": metrics, "precision": trained_in.mode},
     }
     if acc.is_main_process:
-        (out / checkpoint.EVAL_FILE).write_text(json.dumps(report, indent=2))
+        write_json(out / checkpoint.EVAL_FILE, report)
         if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-            (out / checkpoint.PREDICTIONS_FILE).write_text(json.dumps(extras["predictions"], indent=1))
+            write_json(out / checkpoint.PREDICTIONS_FILE, extras["predictions"], indent=1)
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         acc.print(f"saved {out / 'final'}; {eval_split}: {shown}")
     return report

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline import budget, checkpoint, corpus, machine, precision
 from pipeline.attention import check_backend
 from pipeline.config import PretrainConfig, to_yaml
+from pipeline.json_files import write_json
 from pipeline.lm import PackedCollator, evaluate_lm, generate_samples
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token
 from pipeline.trainer import Trainer, make_accelerator
@@ -66,7 +67,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         "machine": machine.describe(),  # speeds compare only on one machine
     }
     if acc.is_main_process:
-        (out / checkpoint.RUN_FILE).write_text(json.dumps(summary, indent=2))
+        write_json(out / checkpoint.RUN_FILE, summary)
         acc.print(f"saved {out / checkpoint.FINAL}; validation loss {trainer.last_eval.get('loss', float('nan')):.4f}, "
                   f"bits/byte {trainer.last_eval.get('bits_per_byte', float('nan')):.4f}")
     return summary

@@ -9,7 +9,6 @@ starts from). Train/eval samples and max_length are the task's fine-tuning recip
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.errors import PipelineError
 from pipeline.features import POOLINGS, PROBE_CS, PROBE_FOLDS, linear_probe, pooled_hidden_states
 from pipeline.heads import load_head
+from pipeline.json_files import write_json
 from pipeline.tasks import TASKS, get_task
 from pipeline.tasks.classification import scores
 
@@ -87,8 +87,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
                            key=lambda r: (r["accuracy"], r["f1"], -r["layer"])) for name in INITS},
         "device": device.type, "seconds": round(time.time() - started, 1),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "probe.json", report)
     table = _markdown(report)
     (out / "probe.md").write_text(table)
     _plot(report, out / "probe.png")
