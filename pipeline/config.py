@@ -178,6 +178,9 @@ class PretrainConfig(TrainConfig):
     holdout_documents: int = 50  # validation documents taken from train when a corpus has no eval split
     vocab_size: int = 8192
     tokenizer_documents: int = 2000  # documents the tokenizer is trained on
+    # Processes that tokenize the corpus (pipeline/encoding.py); the tokens never depend on it.
+    # null = the cores this process may run on.
+    tokenize_workers: Optional[int] = None
     # Seeds the corpus mixture (which documents, in which order) and so the tokenizer and the validation
     # documents. Kept apart from `seed` (weights, batch order): runs at two seeds score the same documents.
     data_seed: int = 1337
@@ -198,6 +201,8 @@ class PretrainConfig(TrainConfig):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _bad(key, value, "must be > 0")
+        if self.tokenize_workers is not None and self.tokenize_workers <= 0:
+            _bad("tokenize_workers", self.tokenize_workers, "must be > 0 (processes), or null for the cores available")
         if self.max_tokens is not None and self.max_tokens <= 0:
             _bad("max_tokens", self.max_tokens, "must be > 0 (training tokens), or null for the most without repeats")
         for i, src in enumerate(self.sources()):

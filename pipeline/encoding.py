@@ -1,0 +1,60 @@
+"""Documents → `<bos> text <eos>` token ids, in batches of the fast tokenizer, over N worker processes.
+
+Batches go out to the workers and come back in the order they were sent, so the ids never depend on
+the number of workers. At most two batches per worker are in flight: memory stays bounded however
+long the stream of documents is. This module imports only numpy and `tokenizers`, so a worker starts
+without torch or transformers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from tokenizers import Tokenizer
+
+BOS, EOS = "<|bos|>", "<|eos|>"  # pipeline/tokenizer.py's; not imported from there, which pulls in transformers
+_worker: dict = {}  # this process's tokenizer and its <bos>/<eos> ids
+
+
+def _load(tokenizer_file: str) -> None:
+    tok = Tokenizer.from_file(tokenizer_file)
+    # A literal "<|eos|>" in the text is text, not a boundary (transformers' split_special_tokens=True).
+    tok.encode_special_tokens = True
+    _worker.update(tokenizer=tok, bos=tok.token_to_id(BOS), eos=tok.token_to_id(EOS))
+
+
+def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every text as <bos> ids <eos>, back to back (uint32), and each document's length."""
+    tok, bos, eos = _worker["tokenizer"], _worker["bos"], _worker["eos"]
+    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)  # no offsets: faster, same ids
+    lengths = np.fromiter((len(e.ids) + 2 for e in encodings), dtype=np.int64, count=len(encodings))
+    ids = np.empty(int(lengths.sum()), dtype=np.uint32)
+    ends = np.cumsum(lengths)
+    ids[ends - lengths] = bos
+    ids[ends - 1] = eos
+    for e, end, n in zip(encodings, ends.tolist(), lengths.tolist()):
+        ids[end - n + 1:end - 1] = e.ids
+    return ids, lengths
+
+
+def encode_documents(batches: Iterable[list[str]], tokenizer_file: str,
+                     workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`encode_batch` of each batch, in order, computed by `workers` processes (1: this one)."""
+    if workers == 1:
+        _load(tokenizer_file)
+        yield from map(encode_batch, batches)
+        return
+    # fork: a worker needs nothing re-imported, and runs only tokenizers (TOKENIZERS_PARALLELISM=false) and numpy.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_load,
+                             initargs=(tokenizer_file,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.submit(encode_batch, batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
