@@ -49,9 +49,9 @@ class DocumentWriter:
     first, so a shard whose `.bin` exists is complete.
     """
 
-    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS):
+    def __init__(self, folder: Path, dtype: np.dtype):
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.folder, self.dtype = folder, dtype
         done = _shard_paths(folder)
         self.shard = len(done)
         self.documents_done = sum(len(np.fromfile(p.with_suffix(".len"), dtype=np.int64)) for p in done)
@@ -64,7 +64,7 @@ class DocumentWriter:
         self._ids.append(ids.astype(self.dtype, copy=False))
         self._lengths.append(lengths.astype(np.int64, copy=False))
         self._buffered += len(ids)
-        if self._buffered >= self.shard_tokens:
+        if self._buffered >= SHARD_TOKENS:
             self._flush()
 
     def close(self) -> None:
@@ -122,11 +122,11 @@ def block_shard_paths(folder: Path, split: str) -> list[Path]:
     return sorted(folder.glob(f"{split}-[0-9]*.bin"))
 
 
-def read_sequential(paths: list[Path], dtype: np.dtype, chunk: int = SHARD_TOKENS):
-    """Every token of `paths`, a chunk at a time, with plain reads."""
+def read_sequential(paths: list[Path], dtype: np.dtype):
+    """Every token of `paths`, a shard's worth at a time, with plain reads."""
     for path in paths:
         with open(path, "rb") as f:
-            while len(part := np.fromfile(f, dtype=dtype, count=chunk)):
+            while len(part := np.fromfile(f, dtype=dtype, count=SHARD_TOKENS)):
                 yield part
 
 
