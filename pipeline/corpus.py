@@ -19,7 +19,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pipeline import encoding, mixture, shards
+from pipeline import encoding, mixture, shards, streaming
 from pipeline.config import CorpusSource, PretrainConfig
 from pipeline.data import load_split, require_columns
 from pipeline.errors import PipelineError
@@ -93,13 +93,20 @@ def build(cfg: PretrainConfig, log=print) -> PackedCorpus:
     stats = json.loads((folder / "stats.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     dtype, shard_blocks = np.dtype(stats["dtype"]), stats["shard_blocks"]
-    train = PackedBlocks(shards.block_shard_paths(folder, "train"), cfg.seq_len, dtype, shard_blocks,
-                         cfg.max_train_samples)
     evals = PackedBlocks(shards.block_shard_paths(folder, "eval"), cfg.seq_len, dtype, shard_blocks,
                          cfg.max_eval_samples)
-    if len(train) == 0 or len(evals) == 0:
+    if cfg.streaming():
+        held = [streaming.held_out_rows(s, i, cfg.holdout_documents, cfg.data_seed) for i, s in enumerate(sources)]
+        train = streaming.StreamingBlocks(sources, mixture.shares(sources), held,
+                                          str(folder / "tokenizer" / "tokenizer.json"), cfg.seq_len, cfg.max_documents)
+        n_train = "streamed"
+    else:
+        train = PackedBlocks(shards.block_shard_paths(folder, "train"), cfg.seq_len, dtype, shard_blocks,
+                             cfg.max_train_samples)
+        n_train = len(train)
+    if n_train == 0 or len(evals) == 0:
         raise PipelineError(
-            f"the corpus yields {len(train)} train and {len(evals)} validation blocks of seq_len={cfg.seq_len}: "
+            f"the corpus yields {n_train} train and {len(evals)} validation blocks of seq_len={cfg.seq_len}: "
             "read more documents (max_documents) or lower seq_len"
         )
     return PackedCorpus(tokenizer, train, evals, stats)
@@ -117,57 +124,74 @@ def _build_locked(folder: Path, cfg: PretrainConfig, sources: list[CorpusSource]
         if resuming:
             log(f"corpus: continuing the build left in {partial}")
         _build_into(partial, cfg, sources, log)
-        shutil.rmtree(partial / "documents")
+        shutil.rmtree(partial / "documents", ignore_errors=True)
         (partial / "lock").unlink()
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
 
 
 def _build_into(work: Path, cfg: PretrainConfig, sources: list[CorpusSource], log) -> None:
-    trains, evals = _documents(cfg, sources)
-    log(f"corpus: read {sum(len(d.rows) for d in trains):,} train / {sum(len(d.rows) for d in evals):,} "
-        "validation documents")
-    tokenizer = _tokenizer(work, cfg, sources, trains, log)
+    if cfg.streaming():  # pipeline/streaming.py: only the tokenizer and the validation blocks are cached
+        held = [streaming.held_out_rows(s, i, cfg.holdout_documents, cfg.data_seed) for i, s in enumerate(sources)]
+        tokenizer = _tokenizer(work, cfg, log, lambda: streaming.tokenizer_texts(
+            sources, mixture.shares(sources), cfg.tokenizer_documents, cfg.max_documents, held))
+        evals = [_in_memory(f"{s.dataset} {s.eval_split or 'holdout'}",
+                            streaming.validation_texts(s, rows, cfg.max_documents)) for s, rows in zip(sources, held)]
+        stats = {"train": {"streaming": True, "sources": [{"dataset": s.dataset} for s in sources]}}
+        splits = [("eval", evals, None)]
+    else:
+        trains, evals = _documents(cfg, sources)
+        log(f"corpus: read {sum(len(d.rows) for d in trains):,} train / {sum(len(d.rows) for d in evals):,} "
+            "validation documents")
+        tokenizer = _tokenizer(work, cfg, log, lambda: mixture.tokenizer_texts(
+            sources, [len(d.rows) for d in trains], [d.bytes / len(d.rows) for d in trains], cfg.tokenizer_documents,
+            cfg.data_seed, lambda i, docs: trains[i].texts(docs)))
+        stats = {}
+        splits = [("train", trains, cfg.max_tokens), ("eval", evals, None)]
     dtype = shards.token_dtype(len(tokenizer))
-    shard_blocks = max(1, shards.SHARD_TOKENS // cfg.seq_len)
-    workers = cfg.tokenize_workers or len(os.sched_getaffinity(0))
-    stats = {"seq_len": cfg.seq_len, "vocab_size": len(tokenizer), "dtype": dtype.name, "shard_blocks": shard_blocks}
-    byte_lengths = token_byte_lengths(tokenizer)
-    for split, docs, total in (("train", trains, cfg.max_tokens), ("eval", evals, None)):
-        stores = [_tokenize(d, work / "documents" / f"{split}-{i}", work / "tokenizer", dtype, workers)
-                  for i, d in enumerate(docs)]
-        plan = mixture.plan(sources, [s.lengths for s in stores], split, total, cfg.data_seed)
-        for row in plan.sources:
-            log(f"corpus: {split}: {row['dataset']}: {row['documents']:,} documents, {row['tokens']:,} tokens, "
-                f"share {row['share']:.3f}, {row['epochs']:.2f} epochs")
-
-        def tokens(start: int, stop: int) -> np.ndarray:
-            return plan.tokens(start, stop, lambda s, doc, lo, hi: stores[s].read(doc, lo, hi), tokenizer.eos_token_id)
-
-        n_blocks = plan.n_tokens // cfg.seq_len
-        with tqdm(total=n_blocks * cfg.seq_len, desc=f"packing {split}", unit="tok", unit_scale=True) as bar:
-            shards.write_block_shards(work, split, n_blocks * cfg.seq_len, shard_blocks * cfg.seq_len, dtype,
-                                      tokens, bar.update)
-        leftover = tokens(n_blocks * cfg.seq_len, plan.n_tokens)
-        for store in stores:
-            store.close()
-        written = shards.read_sequential(shards.block_shard_paths(work, split), dtype)
-        n_bytes = sum(int(byte_lengths[part].sum()) for part in written) + int(byte_lengths[leftover].sum())
-        stats[split] = {"documents": sum(row["documents"] for row in plan.sources), "tokens": plan.n_tokens,
-                        "blocks": n_blocks, "leftover_tokens": len(leftover), "bytes": n_bytes,
-                        "sources": plan.sources}
-        log(f"corpus: {split}: {plan.n_tokens:,} tokens → {n_blocks:,} blocks of {cfg.seq_len} "
-            f"({len(leftover)} leftover tokens)")
+    stats.update(seq_len=cfg.seq_len, vocab_size=len(tokenizer), dtype=dtype.name,
+                 shard_blocks=max(1, shards.SHARD_TOKENS // cfg.seq_len))
+    for split, docs, total in splits:
+        stats[split] = _write_split(work, split, docs, total, cfg, sources, tokenizer, stats["shard_blocks"], log)
     (work / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
-def _tokenizer(work: Path, cfg: PretrainConfig, sources: list[CorpusSource], trains: list[Documents],
-               log) -> PreTrainedTokenizerFast:
-    """The tokenizer a killed build already trained, else a new one trained on the mixture's first documents."""
+def _write_split(work: Path, split: str, docs: list[Documents], total: int | None, cfg: PretrainConfig,
+                 sources: list[CorpusSource], tokenizer: PreTrainedTokenizerFast, shard_blocks: int, log) -> dict:
+    """Tokenize a split's documents, mix them (pipeline/mixture.py) and write its block shards; its stats."""
+    dtype = shards.token_dtype(len(tokenizer))
+    workers = cfg.tokenize_workers or len(os.sched_getaffinity(0))
+    stores = [_tokenize(d, work / "documents" / f"{split}-{i}", work / "tokenizer", dtype, workers)
+              for i, d in enumerate(docs)]
+    plan = mixture.plan(sources, [s.lengths for s in stores], split, total, cfg.data_seed)
+    for row in plan.sources:
+        log(f"corpus: {split}: {row['dataset']}: {row['documents']:,} documents, {row['tokens']:,} tokens, "
+            f"share {row['share']:.3f}, {row['epochs']:.2f} epochs")
+
+    def tokens(start: int, stop: int) -> np.ndarray:
+        return plan.tokens(start, stop, lambda s, doc, lo, hi: stores[s].read(doc, lo, hi), tokenizer.eos_token_id)
+
+    n_blocks = plan.n_tokens // cfg.seq_len
+    with tqdm(total=n_blocks * cfg.seq_len, desc=f"packing {split}", unit="tok", unit_scale=True) as bar:
+        shards.write_block_shards(work, split, n_blocks * cfg.seq_len, shard_blocks * cfg.seq_len, dtype,
+                                  tokens, bar.update)
+    leftover = tokens(n_blocks * cfg.seq_len, plan.n_tokens)
+    for store in stores:
+        store.close()
+    byte_lengths = token_byte_lengths(tokenizer)
+    written = shards.read_sequential(shards.block_shard_paths(work, split), dtype)
+    n_bytes = sum(int(byte_lengths[part].sum()) for part in written) + int(byte_lengths[leftover].sum())
+    log(f"corpus: {split}: {plan.n_tokens:,} tokens → {n_blocks:,} blocks of {cfg.seq_len} "
+        f"({len(leftover)} leftover tokens)")
+    return {"documents": sum(row["documents"] for row in plan.sources), "tokens": plan.n_tokens,
+            "blocks": n_blocks, "leftover_tokens": len(leftover), "bytes": n_bytes, "sources": plan.sources}
+
+
+def _tokenizer(work: Path, cfg: PretrainConfig, log, texts: Callable[[], list[str]]) -> PreTrainedTokenizerFast:
+    """The tokenizer a killed build already trained, else a new one trained on `texts()`."""
     if (work / "tokenizer").is_dir():
         return AutoTokenizer.from_pretrained(work / "tokenizer")
-    texts = mixture.tokenizer_texts(sources, [len(d.rows) for d in trains], [d.bytes / len(d.rows) for d in trains],
-                                    cfg.tokenizer_documents, cfg.data_seed, lambda i, docs: trains[i].texts(docs))
+    texts = texts()
     log(f"tokenizer: training byte-level BPE, vocab {cfg.vocab_size}, on {len(texts):,} documents")
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     shutil.rmtree(work / "tokenizer.tmp", ignore_errors=True)
@@ -204,7 +228,7 @@ class Documents:
 
     def texts(self, positions: np.ndarray) -> list[str]:
         """A few documents by position (the tokenizer's sample)."""
-        return self.dataset.select(self.rows[positions])[self.column]
+        return list(self.dataset.select(self.rows[positions])[self.column])
 
     def batches(self, skip: int) -> Iterator[list[str]]:
         """The documents' texts in order, after the first `skip`, about BATCH_BYTES of text at a time."""
@@ -264,6 +288,14 @@ def _non_empty(ds: datasets.Dataset, src: CorpusSource, split: str, lo: int, hi:
             "point the recipe at a corpus with text"
         )
     return Documents(f"{src.dataset} {split}", ds, src.text_column, np.array(rows, dtype=np.int64), n_bytes)
+
+
+def _in_memory(name: str, texts: list[str]) -> Documents:
+    """Documents held in memory (a streamed source's validation documents)."""
+    if not texts:
+        raise PipelineError(f"{name} streams no validation text: point the recipe at a corpus with text")
+    return Documents(name, datasets.Dataset.from_dict({"text": texts}), "text", np.arange(len(texts)),
+                     sum(len(t.encode("utf-8")) for t in texts))
 
 
 def _text_batches(ds: datasets.Dataset, column: str, lo: int, hi: int) -> Iterator[tuple[int, list[str]]]:

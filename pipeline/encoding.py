@@ -20,7 +20,8 @@ BOS, EOS = "<|bos|>", "<|eos|>"  # pipeline/tokenizer.py's; not imported from th
 _worker: dict = {}  # this process's tokenizer and its <bos>/<eos> ids
 
 
-def _load(tokenizer_file: str) -> None:
+def load(tokenizer_file: str) -> None:
+    """Make `tokenizer_file` the tokenizer of `encode_batch` in this process."""
     tok = Tokenizer.from_file(tokenizer_file)
     # A literal "<|eos|>" in the text is text, not a boundary (transformers' split_special_tokens=True).
     tok.encode_special_tokens = True
@@ -45,11 +46,11 @@ def encode_documents(batches: Iterable[list[str]], tokenizer_file: str,
                      workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`encode_batch` of each batch, in order, computed by `workers` processes (1: this one)."""
     if workers == 1:
-        _load(tokenizer_file)
+        load(tokenizer_file)
         yield from map(encode_batch, batches)
         return
     # fork: a worker needs nothing re-imported, and runs only tokenizers (TOKENIZERS_PARALLELISM=false) and numpy.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_load,
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=load,
                              initargs=(tokenizer_file,)) as pool:
         pending: deque = deque()
         for batch in batches:
