@@ -2,13 +2,14 @@
 
 Batches go out to the workers and come back in the order they were sent, so the ids never depend on
 the number of workers. At most two batches per worker are in flight: memory stays bounded however
-long the stream of documents is. This module imports only numpy and `tokenizers`, so a worker starts
-without torch or transformers.
+long the stream of documents is. Workers are forked, so they start without importing anything, and
+each runs the raw `tokenizers` tokenizer on one thread.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from tokenizers import Tokenizer
 
-BOS, EOS = "<|bos|>", "<|eos|>"  # pipeline/tokenizer.py's; not imported from there, which pulls in transformers
+from pipeline.tokenizer import BOS, EOS
+
 _worker: dict = {}  # this process's tokenizer and its <bos>/<eos> ids
 
 
@@ -28,17 +30,23 @@ def load(tokenizer_file: str) -> None:
     _worker.update(tokenizer=tok, bos=tok.token_to_id(BOS), eos=tok.token_to_id(EOS))
 
 
+def _start_worker(tokenizer_file: str) -> None:
+    # One thread per worker: the workers are the parallelism (and tokenizers' own threads would fight them).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    load(tokenizer_file)
+
+
 def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every text as <bos> ids <eos>, back to back (uint32), and each document's length."""
     tok, bos, eos = _worker["tokenizer"], _worker["bos"], _worker["eos"]
-    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)  # no offsets: faster, same ids
-    lengths = np.fromiter((len(e.ids) + 2 for e in encodings), dtype=np.int64, count=len(encodings))
+    encoded = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]  # no offsets: faster
+    lengths = np.fromiter((len(x) + 2 for x in encoded), dtype=np.int64, count=len(encoded))
     ids = np.empty(int(lengths.sum()), dtype=np.uint32)
     ends = np.cumsum(lengths)
     ids[ends - lengths] = bos
     ids[ends - 1] = eos
-    for e, end, n in zip(encodings, ends.tolist(), lengths.tolist()):
-        ids[end - n + 1:end - 1] = e.ids
+    for x, end in zip(encoded, ends.tolist()):
+        ids[end - 1 - len(x):end - 1] = x
     return ids, lengths
 
 
@@ -49,8 +57,7 @@ def encode_documents(batches: Iterable[list[str]], tokenizer_file: str,
         load(tokenizer_file)
         yield from map(encode_batch, batches)
         return
-    # fork: a worker needs nothing re-imported, and runs only tokenizers (TOKENIZERS_PARALLELISM=false) and numpy.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=load,
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
                              initargs=(tokenizer_file,)) as pool:
         pending: deque = deque()
         for batch in batches:
