@@ -326,7 +326,7 @@ def token_stream(docs: datasets.Dataset, tokenizer: PreTrainedTokenizerFast) -> 
     """One stream of token ids, every document as <bos> text <eos>, for a few texts in memory (any tokenizer)."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     # split_special_tokens: a literal "<|eos|>" in the text is text, not a boundary.
-    ids = tokenizer(docs["text"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ids = tokenizer(list(docs["text"]), add_special_tokens=False, split_special_tokens=True)["input_ids"]
     return np.fromiter(itertools.chain.from_iterable([bos, *x, eos] for x in ids), dtype=np.uint32)
 
 
