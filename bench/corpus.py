@@ -250,7 +250,7 @@ def main() -> None:
 
 def report(r: dict) -> str:
     lines = [f"# Corpus build ({r['date']})", "",
-             f"`make bench-corpus` on {r['cores']} cores of an {r['cpu_model']}, shared with other work while it ran. "
+             f"`make bench-corpus` on {r['cores']} cores of an {r['cpu_model']}, other work may share them (the raw rows show how much they gave). "
              f"1x corpus: the first {r['docs_1x']:,} Wikipedia articles and the 108 validation articles, "
              f"{r['text_mb_1x']:.1f} MB of text, {r['tokens_1x']:,} tokens (vocabulary 8192, seq_len 512; "
              "tokenizer trained on 500 documents at every size).", "",
