@@ -40,7 +40,7 @@ SEEDS ?= 1337 1338 1339
 JOBS ?= $(if $(or $(HAS_GPU),$(filter-out 1,$(NPROC))),1,2)
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu bench-lora clean
+.PHONY: help install pretrain finetune evaluate report-results probe curves predict generate all test bench-pretrain bench-attention bench-profile bench-loss bench-transfer bench-scaling bench-qa bench-finetune bench-gpu bench-lora bench-corpus clean
 
 # The default target: every target with the line after its `##`.
 help:  ## this list
@@ -122,6 +122,11 @@ bench-qa:  ## SQuAD rate and optimizer sweep, F1 against training questions
 # Fine-tuning tokens/s: length bucketing, larger batches, compile (issue: pretraining must pay off).
 bench-finetune:  ## fine-tuning tokens/s: length bucketing, batch size, compile
 	$(PY) bench/finetune_speed.py $(ARGS)
+
+# Corpus build (issue: a sharded uint16 cache): tokenize+pack MB/s against raw tokenizers at 1 and 2
+# processes, peak RSS at 1x/2x/4x the corpus, cache bytes per token, a cached rerun to the first batch.
+bench-corpus:  ## corpus build: tokenize+pack MB/s, peak memory against corpus size, cached rerun
+	$(PY) bench/corpus.py $(ARGS)
 
 bench-loss:  ## the LM head's loss: full logits against a chunked loss, time and memory
 	$(PY) bench/lm_head_loss.py

@@ -161,6 +161,7 @@ class CorpusSource:
     eval_split: Optional[str] = "validation"  # null: hold out documents from `split`
     text_column: str = "text"
     weight: float = 1.0  # share of the training tokens this corpus gives (normalised; pipeline/mixture.py)
+    streaming: bool = False  # read as training goes, never tokenized ahead (pipeline/streaming.py); all sources or none
 
 
 @dataclass
@@ -178,6 +179,9 @@ class PretrainConfig(TrainConfig):
     holdout_documents: int = 50  # validation documents taken from train when a corpus has no eval split
     vocab_size: int = 8192
     tokenizer_documents: int = 2000  # documents the tokenizer is trained on
+    # Processes that tokenize the corpus (pipeline/encoding.py); the tokens never depend on it.
+    # null = the cores this process may run on.
+    tokenize_workers: Optional[int] = None
     # Seeds the corpus mixture (which documents, in which order) and so the tokenizer and the validation
     # documents. Kept apart from `seed` (weights, batch order): runs at two seeds score the same documents.
     data_seed: int = 1337
@@ -198,13 +202,30 @@ class PretrainConfig(TrainConfig):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 _bad(key, value, "must be > 0")
+        if self.tokenize_workers is not None and self.tokenize_workers <= 0:
+            _bad("tokenize_workers", self.tokenize_workers, "must be > 0 (processes), or null for the cores available")
         if self.max_tokens is not None and self.max_tokens <= 0:
             _bad("max_tokens", self.max_tokens, "must be > 0 (training tokens), or null for the most without repeats")
+        if len({src.streaming for src in self.sources()}) > 1:
+            raise PipelineError("some mixture sources say streaming: true and some do not: "
+                                "stream every source or none")
+        if self.streaming():
+            if self.max_steps <= 0:
+                _bad("max_steps", self.max_steps, "must be > 0 with streaming sources: a stream has no epochs to count")
+            for key, rule in (("max_tokens", "null: with streaming sources max_steps bounds the tokens read"),
+                              ("max_train_samples", "null: a stream has no sample to cut"),
+                              ("num_workers", "0: a stream's position lives in the training process")):
+                if getattr(self, key):
+                    _bad(key, getattr(self, key), f"must be {rule}")
         for i, src in enumerate(self.sources()):
             if not src.dataset:
                 _bad(f"mixture[{i}].dataset", src.dataset, "must name a dataset hub id")
             if not (src.weight > 0 and math.isfinite(src.weight)):
                 _bad(f"mixture[{i}].weight", src.weight, "must be > 0")
+
+    def streaming(self) -> bool:
+        """Whether the mixture's sources are streamed (pipeline/streaming.py)."""
+        return any(src.streaming for src in self.sources())
 
     def sources(self) -> list[CorpusSource]:
         """The corpora to read: the mixture if given, else the single `dataset`."""

@@ -20,12 +20,10 @@ Here the normalised weights are shares of the tokens of each split:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 
 from pipeline.config import CorpusSource
 
@@ -33,23 +31,36 @@ SPLITS = ("train", "eval")  # each split draws from its own seeds: validation ne
 
 
 @dataclass
-class Tokenized:
-    """One source's documents as token ids: document i is `ids[offsets[i]:offsets[i + 1]]`."""
+class Plan:
+    """A split's token stream as a list of picks: pick j is the first `kept[j]` tokens of document
+    `doc_of[j]` of source `source_of[j]` (a cut document ends in <eos> instead of its own last token)."""
 
-    ids: np.ndarray  # uint32, every document's tokens back to back
-    offsets: np.ndarray  # int64, one more than there are documents, starting at 0
+    source_of: np.ndarray
+    doc_of: np.ndarray
+    kept: np.ndarray
+    whole: np.ndarray  # the picked documents' full lengths
+    sources: list[dict]  # per source: dataset, documents, tokens, share, epochs
 
     @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+    def n_tokens(self) -> int:
+        return int(self.kept.sum())
 
-
-@dataclass
-class Mixed:
-    """A split's token stream and what each source gave it."""
-
-    stream: np.ndarray  # uint32 token ids, every document (or cut document) ending in <eos>
-    sources: list[dict]  # per source: dataset, documents, tokens, share, epochs
+    def tokens(self, start: int, stop: int, read: Callable[[int, int, int, int], np.ndarray], eos_id: int) -> np.ndarray:
+        """Tokens start..stop of the stream; `read(source, doc, lo, hi)` gives tokens lo..hi of a document."""
+        ends = np.cumsum(self.kept)  # a few bytes per document: cheap to recompute per shard
+        first = int(np.searchsorted(ends, start, side="right"))
+        out, pos = np.empty(stop - start, dtype=np.int64), start
+        for j in range(first, len(ends)):
+            if pos >= stop:
+                break
+            begin = int(ends[j] - self.kept[j])
+            lo, hi = pos - begin, min(stop, int(ends[j])) - begin
+            piece = read(int(self.source_of[j]), int(self.doc_of[j]), lo, hi)
+            out[pos - start:pos - start + len(piece)] = piece
+            if hi == self.kept[j] and self.kept[j] < self.whole[j]:
+                out[pos - start + len(piece) - 1] = eos_id
+            pos += len(piece)
+        return out
 
 
 def shares(sources: list[CorpusSource]) -> np.ndarray:
@@ -57,46 +68,45 @@ def shares(sources: list[CorpusSource]) -> np.ndarray:
     return weights / weights.sum()
 
 
-def tokenizer_texts(sources: list[CorpusSource], docs: list[datasets.Dataset], n: int, seed: int) -> list[str]:
+def tokenizer_texts(sources: list[CorpusSource], counts: list[int], mean_bytes: list[float], n: int, seed: int,
+                    texts: Callable[[int, np.ndarray], list[str]]) -> list[str]:
     """About `n` training documents for the tokenizer, each source giving about its share of the text.
 
     The tokenizer must exist before tokens can be counted, so UTF-8 bytes stand in for tokens: a source
     gets documents in proportion to share / mean document bytes (at least one). They are the first
-    documents of its seeded training order, i.e. the first the mixture takes from it.
+    documents of its seeded training order, i.e. the first the mixture takes from it. `texts(i, docs)`
+    gives source i's documents by position.
     """
-    mean_bytes = np.array([pc.sum(pc.binary_length(d.with_format("arrow")["text"])).as_py() / len(d) for d in docs])
-    weight = shares(sources) / mean_bytes
-    counts = np.clip(np.round(n * weight / weight.sum()).astype(int), 1, [len(d) for d in docs])
+    weight = shares(sources) / np.array(mean_bytes)
+    picked = np.clip(np.round(n * weight / weight.sum()).astype(int), 1, counts)
     rngs = _rngs(seed, "train", len(sources))
-    texts = []
-    for d, count, rng in zip(docs, counts, rngs):
-        first_epoch = next(_epoch_orders(len(d), rng, keep_order=len(sources) == 1))
-        texts += d.select(first_epoch[:count])["text"]
-    return texts
+    result = []
+    for i, (count, k, rng) in enumerate(zip(counts, picked, rngs)):
+        first_epoch = next(_epoch_orders(count, rng, keep_order=len(sources) == 1))
+        result += texts(i, first_epoch[:k])
+    return result
 
 
-def mix(sources: list[CorpusSource], tokenized: list[Tokenized], split: str, total: int | None, seed: int,
-        eos_id: int) -> Mixed:
-    """One token stream in which source i gives `shares[i]` of `total` tokens (None: the most without repeats)."""
-    available = np.array([int(t.offsets[-1]) for t in tokenized], dtype=np.int64)
+def plan(sources: list[CorpusSource], lengths: list[np.ndarray], split: str, total: int | None, seed: int) -> Plan:
+    """Which documents make a split's stream: source i gives `shares[i]` of `total` tokens (None: the most
+    without repeats). `lengths[i]` are source i's document lengths in tokens, <bos> and <eos> included."""
+    available = np.array([int(x.sum()) for x in lengths], dtype=np.int64)
     budget = _budgets(available, shares(sources), total)
     rngs = _rngs(seed, split, len(sources))
     single = len(sources) == 1
     picks, rows = [], []
-    for i, (src, tok) in enumerate(zip(sources, tokenized)):
-        lengths = tok.lengths
-        docs, kept = _take(lengths, int(budget[i]), _epoch_orders(len(lengths), rngs[i], keep_order=single))
-        picks.append((np.full(len(docs), i), docs, kept))
+    for i, (src, doc_lengths) in enumerate(zip(sources, lengths)):
+        docs, kept = _take(doc_lengths, int(budget[i]), _epoch_orders(len(doc_lengths), rngs[i], keep_order=single))
+        picks.append((np.full(len(docs), i), docs, kept, doc_lengths[docs]))
         rows.append({"dataset": src.dataset, "documents": len(docs), "tokens": int(kept.sum()),
                      "epochs": round(float(kept.sum() / available[i]), 4)})
-    source_of, doc_of, kept = (np.concatenate(column) for column in zip(*picks))
+    source_of, doc_of, kept, whole = (np.concatenate(column) for column in zip(*picks))
     if not single:
         order = rngs[-1].permutation(len(doc_of))
-        source_of, doc_of, kept = source_of[order], doc_of[order], kept[order]
-    stream = _assemble(tokenized, source_of, doc_of, kept, eos_id)
+        source_of, doc_of, kept, whole = source_of[order], doc_of[order], kept[order], whole[order]
     for row in rows:
-        row["share"] = round(row["tokens"] / max(len(stream), 1), 4)
-    return Mixed(stream, rows)
+        row["share"] = round(row["tokens"] / max(int(kept.sum()), 1), 4)
+    return Plan(source_of, doc_of, kept, whole, rows)
 
 
 def _budgets(available: np.ndarray, share: np.ndarray, total: int | None) -> np.ndarray:
@@ -141,18 +151,3 @@ def _rngs(seed: int, split: str, n_sources: int) -> list[np.random.Generator]:
     """One generator per source, and a last one for shuffling the mixture, independent per split."""
     children = np.random.SeedSequence([seed, SPLITS.index(split)]).spawn(n_sources + 1)
     return [np.random.default_rng(child) for child in children]
-
-
-def _assemble(tokenized: list[Tokenized], source_of: np.ndarray, doc_of: np.ndarray, kept: np.ndarray,
-              eos_id: int) -> np.ndarray:
-    """The picked documents back to back; a cut one gets <eos> as its last token."""
-    firsts, whole = np.empty(len(doc_of), dtype=np.int64), np.empty(len(doc_of), dtype=np.int64)
-    for s, tok in enumerate(tokenized):
-        mine = source_of == s
-        firsts[mine], whole[mine] = tok.offsets[doc_of[mine]], tok.lengths[doc_of[mine]]
-    stream = np.empty(int(kept.sum()), dtype=np.uint32)
-    ends = np.cumsum(kept)
-    for s, first, end, n in zip(source_of.tolist(), firsts.tolist(), ends.tolist(), kept.tolist()):
-        stream[end - n:end] = tokenized[s].ids[first:first + n]
-    stream[ends[kept < whole] - 1] = eos_id
-    return stream

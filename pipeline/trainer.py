@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class TrainState:
     budget_steps: int = 0  # max_train_minutes: the step count fixed from measured pace (0 = not yet); kept on resume
     budget_retimed_step: int = 0  # max_train_minutes with wsd: when the count was last re-timed (pipeline/budget.py)
     budget_retimed_seconds: float = 0.0
+    data_state: dict = field(default_factory=dict)  # a dataset that keeps its own position: its state_dict()
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
@@ -115,8 +116,15 @@ class Trainer:
             if cfg.group_by_length and "input_ids" in getattr(train_data, "column_names", ()) else None
         self.run_files = run_files or {}  # written once the run has really started (e.g. config.yaml)
         self.accum = cfg.gradient_accumulation_steps(accelerator.num_processes)
-        self.batches_per_epoch = len(train_data) // (cfg.micro_batch_size * accelerator.num_processes)
-        if self.batches_per_epoch == 0:
+        # A dataset without a length is a stream (pipeline/streaming.py): it has no epochs and keeps its own
+        # position, which is saved with every checkpoint (state_dict) and restored on resume (load_state_dict).
+        self.streamed = not hasattr(train_data, "__len__")
+        if self.streamed and accelerator.num_processes > 1:
+            raise PipelineError("streaming sources are read by one process: run with one (NPROC=1), "
+                                "or set streaming: false to shard a cached corpus across processes")
+        self.batches_per_epoch = 0 if self.streamed else \
+            len(train_data) // (cfg.micro_batch_size * accelerator.num_processes)
+        if self.batches_per_epoch == 0 and not self.streamed:
             raise PipelineError(
                 f"only {len(train_data)} training examples, fewer than micro_batch_size × processes = "
                 f"{cfg.micro_batch_size * accelerator.num_processes}: use more data or a smaller micro_batch_size"
@@ -135,6 +143,13 @@ class Trainer:
     def _batches(self) -> Iterator[dict]:
         """Endless micro-batches, starting at the state's (epoch, batch) position."""
         acc, cfg = self.acc, self.cfg
+        if self.streamed:  # the stream goes on from its own (restored) position; it never ends
+            # Its own generator, as below: a resumed run must not draw from the global RNG where the first did not.
+            for batch in DataLoader(self.train_data, batch_size=cfg.micro_batch_size, collate_fn=self.collate,
+                                    generator=torch.Generator().manual_seed(cfg.seed)):
+                self.state.batch_in_epoch += 1
+                yield {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+            return
         while True:
             plan = epoch_batches(len(self.train_data), cfg.micro_batch_size, acc.num_processes,
                                  acc.process_index, cfg.seed, self.state.epoch, lengths=self.lengths)
@@ -163,6 +178,8 @@ class Trainer:
         resume_from = checkpoint.latest_checkpoint(self.out) if cfg.resume else None
         if resume_from is not None:
             self.state = TrainState(**checkpoint.load_checkpoint(acc, resume_from, model))
+            if self.state.data_state:
+                self.train_data.load_state_dict(self.state.data_state)
             if acc.is_main_process:
                 checkpoint.truncate_metrics(self.out, self.state.step)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
@@ -230,6 +247,8 @@ class Trainer:
                 self.state.tokens += acc.reduce(tokens, "sum").item()  # the saved count must be exact
                 tokens.zero_()
                 self.state.wall_seconds = wall_before + time.perf_counter() - started
+                if hasattr(self.train_data, "state_dict"):
+                    self.state.data_state = self.train_data.state_dict()
                 path = checkpoint.save_checkpoint(acc, self.out, step, asdict(self.state), cfg.keep_checkpoints)
                 if stop:
                     bar.close()

@@ -33,7 +33,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
     flops = training_flops_per_token(model, cfg.seq_len)
     acc.print(f"model: {counts['total'] / 1e6:.2f}M parameters ({counts['non_embedding'] / 1e6:.2f}M without "
               f"embeddings), {flops / 1e6:.1f} MFLOPs per training token; "
-              f"{len(data.train):,} train blocks × {cfg.seq_len} tokens")
+              f"{'streamed' if cfg.streaming() else f'{len(data.train):,}'} train blocks × {cfg.seq_len} tokens")
 
     def show_samples(unwrapped, step: int, metrics: dict) -> None:
         if not acc.is_main_process:
