@@ -52,7 +52,8 @@ def child_build(args: dict) -> dict:
     from transformers import AutoTokenizer
 
     from pipeline import corpus
-    from pipeline.config import PretrainConfig, load_recipe
+    from pipeline.config import PretrainConfig
+    from pipeline.recipe import load_recipe
 
     cfg = load_recipe(PretrainConfig, ROOT / "recipes/pretrain/cpu.yaml", overrides(args["k"], *args["extra"]))
     if args.get("tokenizer"):  # time tokenize+pack alone: the tokenizer trained before is reused
@@ -119,7 +120,8 @@ def child_rerun(args: dict) -> dict:
     started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     from pipeline import corpus
-    from pipeline.config import PretrainConfig, load_recipe
+    from pipeline.config import PretrainConfig
+    from pipeline.recipe import load_recipe
     from pipeline.lm import PackedCollator
     from pipeline.trainer import epoch_batches
 

@@ -36,7 +36,8 @@ from peak import matmul_gflops  # noqa: E402
 from pretrain import NEVER, reset_state, run_pipeline, timed_rate  # noqa: E402
 
 from pipeline import corpus, machine  # noqa: E402
-from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
+from pipeline.config import PretrainConfig  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.json_files import write_json  # noqa: E402
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token  # noqa: E402
 

@@ -33,7 +33,8 @@ from peak import default_device, default_sizes, matmul_gflops, training_peak  # 
 
 from pipeline import corpus, precision  # noqa: E402
 from pipeline.attention import check_backend  # noqa: E402
-from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
+from pipeline.config import PretrainConfig  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.json_files import write_json  # noqa: E402
 from pipeline.lm import PackedCollator  # noqa: E402

@@ -23,7 +23,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from pipeline import corpus, precision  # noqa: E402
-from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
+from pipeline.config import PretrainConfig  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.lm import PackedCollator  # noqa: E402
 from pipeline.model import build_causal_lm, llama_config  # noqa: E402

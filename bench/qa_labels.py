@@ -38,7 +38,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from pipeline.config import PretrainConfig, load_recipe  # noqa: E402
+from pipeline.config import PretrainConfig  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.corpus import cache_root  # noqa: E402
 from pipeline.data import load_split  # noqa: E402
 from pipeline.tasks.qa import audit_labels, training_answer  # noqa: E402

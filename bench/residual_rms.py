@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from pipeline.config import FinetuneConfig, load_recipe  # noqa: E402
+from pipeline.config import FinetuneConfig  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.heads import load_head  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 

@@ -108,7 +108,7 @@ def write(rows: list[dict], args, report: Path) -> None:
     save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
     base = (f"`make curves`' {args.labels:,}-label cell ({' '.join(curves.BUDGET[args.labels] + curves.ALL_LABELS)}, "
             f"max_train_samples={args.labels}) plus the variant" if args.labels else "the v1 recipe plus the variant")
-    lines = [f"# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
+    lines = ["# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
              f"Each run: the task's recipe, {base}.",
              "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Tokens/s is the "
              "median fine-tuning throughput of the pretrained runs, two fine-tunes sharing the machine's cores "

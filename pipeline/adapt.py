@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from pipeline import checkpoint
-from pipeline.config import FinetuneConfig, to_yaml
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import to_yaml
 from pipeline.corpus import pack, token_stream
 from pipeline.errors import PipelineError
 from pipeline.lm import PackedCollator, evaluate_lm

@@ -115,7 +115,8 @@ def _quiet_libraries() -> None:
 
 def _dispatch(args: argparse.Namespace) -> None:
     if args.stage == "pretrain":
-        from pipeline.config import PretrainConfig, load_recipe
+        from pipeline.config import PretrainConfig
+        from pipeline.recipe import load_recipe
         from pipeline.stages import pretrain
 
         cfg = load_recipe(PretrainConfig, args.recipe, args.overrides)
@@ -161,7 +162,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 def _task_recipe(args: argparse.Namespace):
     """(task, recipe, checkpoint) of a stage that works on one task from a pretrained checkpoint."""
     from pipeline.checkpoint import announce_checkpoint, default_pretrained
-    from pipeline.config import FinetuneConfig, load_recipe
+    from pipeline.config import FinetuneConfig
+    from pipeline.recipe import load_recipe
     from pipeline.tasks import get_task
 
     task = get_task(args.task)

@@ -1,22 +1,15 @@
-"""Typed recipes: YAML files validated against dataclass schemas with OmegaConf.
+"""The recipe schemas: one dataclass per stage, with its defaults and its `validate()`.
 
-A recipe is data. It is read with a safe YAML loader (no tags that build Python objects),
-merged onto the schema's defaults, then `key=value` overrides from the command line are
-merged on top. OmegaConf rejects unknown keys and values of the wrong type; `validate()`
-checks the values that a type cannot express. Every problem becomes a PipelineError, which
-the CLI prints as one line with exit code 2.
+Types are what OmegaConf checks when pipeline/recipe.py reads a YAML file onto a schema;
+`validate()` checks the values that a type cannot express. Every problem becomes a
+PipelineError, which the CLI prints as one line with exit code 2.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Optional, TypeVar
-
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from pipeline.errors import PipelineError
 
@@ -316,85 +309,6 @@ class FinetuneConfig(TrainConfig):
         if self.finetune_method == "lora" and self.adapt_steps:
             raise PipelineError("adapt_steps trains the whole body, which finetune_method=lora is there to avoid: "
                                 "set adapt_steps=0, or use finetune_method=full")
-
-
-Config = TypeVar("Config", bound=TrainConfig)
-
-
-def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[str]) -> Config:
-    """Read a YAML recipe (or only the schema's defaults), apply overrides, validate."""
-    base = OmegaConf.structured(schema)
-    layers: list[Any] = []
-    if path is not None:
-        layers.append(_read_yaml(Path(path)))
-    layers.append(_parse_overrides(overrides))
-    try:
-        merged = OmegaConf.merge(base, *layers)
-        cfg = OmegaConf.to_object(merged)
-    except ConfigKeyError as e:
-        known = ", ".join(_keys(schema, e.full_key))
-        raise PipelineError(f"unknown recipe key '{e.full_key}': use one of {known}") from None
-    except ValidationError as e:
-        raise PipelineError(f"recipe key '{e.full_key}' has the wrong type: {str(e.msg).splitlines()[0]}") from None
-    except OmegaConfBaseException as e:
-        raise PipelineError(f"invalid recipe: {str(e).splitlines()[0]}") from None
-    if not cfg.name:
-        cfg.name = Path(path).stem if path is not None else "default"
-    cfg.validate()
-    return cfg
-
-
-def to_yaml(cfg: TrainConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise PipelineError(f"recipe file not found: {path} (pass --recipe with an existing YAML file)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where else ""
-        raise PipelineError(f"recipe {path} is not valid YAML{at}: fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise PipelineError(f"recipe {path} must be a mapping of key: value, not {type(data).__name__}")
-    return data
-
-
-def _parse_overrides(overrides: list[str]) -> dict:
-    result: dict = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"override '{item}' is not key=value (e.g. max_steps=100)")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, bool) and raw.lower() not in ("true", "false"):
-            value = raw  # YAML 1.1 reads no/yes/on/off as booleans: mixed_precision=no means "no"
-        node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return result
-
-
-def _keys(schema: type, full_key: str) -> list[str]:
-    """The valid keys at the level where an unknown key was found."""
-    parts = str(full_key).split(".")[:-1]
-    cls = schema
-    for part in parts:
-        sub = {f.name: f for f in fields(cls)}.get(part)
-        default = sub.default_factory() if sub is not None and callable(sub.default_factory) else None
-        if default is None or not hasattr(default, "__dataclass_fields__"):
-            break
-        cls = type(default)
-    return sorted(f.name for f in fields(cls))
 
 
 def _bad(key: str, value: Any, rule: str) -> None:

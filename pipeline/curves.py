@@ -22,7 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.baselines import tfidf_lr
-from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import load_recipe
 from pipeline.json_files import read_json
 from pipeline.sweep import Job
 from pipeline.tasks import TASKS

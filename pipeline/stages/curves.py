@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pipeline import curves
 from pipeline.checkpoint import inspect_model_folder
-from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import load_recipe
 from pipeline.json_files import write_json
 from pipeline.sweep import run_jobs
 from pipeline.tasks import get_task

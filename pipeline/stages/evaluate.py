@@ -17,7 +17,8 @@ from accelerate import Accelerator
 from pipeline import baselines, corpus, report
 from pipeline.checkpoint import (CONFIG_FILE, EVAL_FILE, FINAL, PREDICTIONS_FILE, fingerprint, inspect_model_folder,
                                  load_causal_lm, load_tokenizer, load_weights, model_kind)
-from pipeline.config import FinetuneConfig, PretrainConfig, load_recipe
+from pipeline.config import FinetuneConfig, PretrainConfig
+from pipeline.recipe import load_recipe
 from pipeline.errors import PipelineError
 from pipeline.json_files import read_json, write_json
 from pipeline.lm import evaluate_lm, generate_samples

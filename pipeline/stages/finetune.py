@@ -13,7 +13,8 @@ from pathlib import Path
 from pipeline import adapters, budget, checkpoint, machine, optim, precision
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
-from pipeline.config import FinetuneConfig, to_yaml
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import to_yaml
 from pipeline.early_stopping import EarlyStopping, split_dev
 from pipeline.errors import PipelineError
 from pipeline.heads import load_head

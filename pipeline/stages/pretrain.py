@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pipeline import budget, checkpoint, corpus, machine, precision
 from pipeline.attention import check_backend
-from pipeline.config import PretrainConfig, to_yaml
+from pipeline.config import PretrainConfig
+from pipeline.recipe import to_yaml
 from pipeline.json_files import write_json
 from pipeline.lm import PackedCollator, evaluate_lm, generate_samples
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token
