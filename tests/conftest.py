@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,23 @@ def run_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -
 
 
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # run_cli(env=CPU_ONLY): the CPU path, also on a machine with a GPU
+
+
+PROGRESS_FRAME = re.compile(r"\d+%\|")  # a tqdm frame such as "train:  40%|████      | 2/5 [...]"
+
+
+def bad_input_line(argv: list[str], capsys) -> str:
+    """Run the CLI in-process on bad input: it must exit 2 with one `error: ` line on stderr and no
+    traceback (progress-bar frames, which a terminal clears, are not lines). Returns that line."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_FRAME.search(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
 
 
 def read_metrics(run: Path, split: str) -> list[dict]:

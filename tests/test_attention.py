@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, Au
 
 from pipeline import attention
 from pipeline.attention import attn_implementation_for, check_backend
-from pipeline.config import ModelConfig, PretrainConfig, load_recipe
+from pipeline.config import ModelConfig, PretrainConfig
+from pipeline.recipe import load_recipe
 from pipeline.corpus import document_positions
 from pipeline.errors import PipelineError
 from pipeline.heads import load_body

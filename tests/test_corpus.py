@@ -8,7 +8,8 @@ import torch
 
 from conftest import TINY
 from pipeline import corpus
-from pipeline.config import PretrainConfig, load_recipe
+from pipeline.config import PretrainConfig
+from pipeline.recipe import load_recipe
 from pipeline.corpus import document_positions, pack
 from pipeline.data import load_split, local_copy
 from pipeline.errors import PipelineError

@@ -10,7 +10,8 @@ import numpy as np
 from conftest import run_cli
 from pipeline import curves
 from pipeline.baselines import tfidf_lr
-from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import load_recipe
 from pipeline.tasks import TASKS
 
 

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import BYO_FAMILIES, ROOT, save_byo
 from pipeline.cli import main
-from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import load_recipe
 from pipeline.heads import load_head, transformer_blocks
 from pipeline.optim import CombinedOptimizer, build_optimizer, parameter_depths
 from pipeline.pooling import add_mean_pooling_layer

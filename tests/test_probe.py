@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 from conftest import FINETUNE_TINY, run_cli
-from pipeline.config import FinetuneConfig, load_recipe
+from pipeline.config import FinetuneConfig
+from pipeline.recipe import load_recipe
 from pipeline import features
 from pipeline.features import POOLINGS, PROBE_CS, pooled_hidden_states
 from pipeline.heads import load_head

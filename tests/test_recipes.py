@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY, run_cli
-from pipeline.config import PretrainConfig, load_recipe
+from pipeline.config import PretrainConfig
+from pipeline.recipe import load_recipe
 from pipeline.errors import PipelineError
 
 
