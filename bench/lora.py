@@ -6,7 +6,7 @@ CPU), so that both see the same machine. The runs are the default recipes, cut w
 would not fit a session (SST-2 to a seeded 8,000 phrases, SQuAD to 2,000 questions, one epoch,
 no time budget, 500 evaluated questions): the same cut for both methods. LoRA trains its matrices at
 LORA_RATE, the rate a one-seed pilot on SST-2 picked (docs/recipes.md), and the head and the
-pooling layer at the recipe's head rate, like full fine-tuning.
+pooling layer's attention at the recipe's head rate, like full fine-tuning.
 
 `--large` is the memory case instead: a Llama of about 1B parameters built from a config (random
 weights, the default tokenizer), fine-tuned for a few SST-2 steps with each method, one at a time.
@@ -88,8 +88,9 @@ def write(rows: list[dict], args, machine: dict, report: Path) -> None:
     lines = ["# LoRA against full fine-tuning\n",
              f"`make bench-lora` (bench/lora.py), checkpoint `{args.ckpt}`, seeds {args.seeds}, the two methods of a "
              f"seed side by side, one thread each; CPU: {machine['cpu_model']}. LoRA: r=8, alpha=16, every linear layer "
-             f"of the blocks, rate {LORA_RATE}; the head and pooling layer in full. Score: accuracy, F1 for squad "
-             "(mean ± sd over seeds). Memory: the process's peak RSS. Optimizer: bytes of optimizer state.\n",
+             f"of the blocks and the token embedding, rate {LORA_RATE}; the head and the pooling layer's attention "
+             "in full. Trainable: the share of the model's own parameters. Score: accuracy, F1 for squad (mean ± sd "
+             "over seeds). Memory: the process's peak RSS. Optimizer: bytes of optimizer state.\n",
              "| task | full | LoRA | gap | trainable (LoRA) | step time LoRA/full | optimizer state LoRA/full "
              "| peak RSS full → LoRA | final/ | final/adapter/ | resume checkpoint full → LoRA |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -99,7 +100,7 @@ def write(rows: list[dict], args, machine: dict, report: Path) -> None:
         # accuracy is a fraction, SQuAD's F1 already in points
         points = (lambda r: r["f1"]) if task == "squad" else (lambda r: 100 * r["accuracy"])
         (full, full_sd), (lora, lora_sd) = (mean_sd([points(r) for r in by[m]]) for m in METHODS)
-        share = mean(by["lora"], "trainable") / mean(by["lora"], "total")
+        share = mean(by["lora"], "trainable") / mean(by["full"], "total")  # of the model's own parameters
         ratio = mean(by["lora"], "step_seconds") / mean(by["full"], "step_seconds")
         state = mean(by["lora"], "optimizer_state_bytes") / mean(by["full"], "optimizer_state_bytes")
         gaps.append(lora - full), ratios.append(ratio), states.append(state), shares.append(share)

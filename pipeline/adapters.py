@@ -6,9 +6,13 @@ B·A·lora_alpha/lora_r to each target layer, A [r, in] random and B [out, r] ze
 checkpoint. The targets are found by structure (heads.transformer_blocks): every linear layer inside
 the body's transformer blocks (Llama's, Mistral's and Qwen2's attention and MLP projections, GPT-2's
 Conv1D c_attn, c_proj and c_fc), as peft's "all-linear" but never the task head; `lora_target_modules`
-narrows them by name. The task head and the mean-pooling block (pipeline/pooling.py) are new weights:
-they train in full, as peft's `modules_to_save` (the pooling block's layers one by one, so that the
-block keeps its type and the levers that find blocks by structure still find it).
+narrows them by name. `lora_embedding` (the default) adapts the input token embedding too: a classifier
+of few labels leans on what a handful of words mean (emotion: 82.7 without it, 89.0 with it, full
+fine-tuning 89.2, one seed). The vocabulary is unchanged, so the adapter never stores the embedding itself.
+The task head and the trained parts of the mean-pooling block (pipeline/pooling.py) are new weights:
+they train in full, as peft's `modules_to_save` (layer by layer, so that the block keeps its type and
+the levers that find blocks by structure still find it); the parts that `keep_frozen` names stay as
+initialised, neither trained nor adapted.
 
 peft injects its layers into the model in place: the loop (pipeline/trainer.py) trains the same
 transformers model object as for full fine-tuning, and only the optimizer's groups differ (trainable
@@ -49,13 +53,13 @@ def check_targets(ckpt: Path, cfg: FinetuneConfig) -> None:
     target_modules(model, cfg.lora_target_modules, where=ckpt)
 
 
-def target_modules(model, names: list[str], train_in_full=(), where: Path | str = "the model") -> list[str]:
+def target_modules(model, names: list[str], excluded_modules=(), where: Path | str = "the model") -> list[str]:
     """Full names of the layers LoRA adapts: the linear layers of the body's transformer blocks (of the whole
-    body where it has no list of blocks) outside `train_in_full`, those whose path ends with one of `names`
+    body where it has no list of blocks) outside `excluded_modules`, those whose path ends with one of `names`
     if any are given."""
     body = model.base_model
     scope = transformer_blocks(body) or [body]
-    excluded = {id(m) for module in train_in_full for m in module.modules()}
+    excluded = {id(m) for module in excluded_modules for m in module.modules()}
     linear = {id(m) for block in scope for m in block.modules()
               if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in excluded}
     found = [name for name, m in model.named_modules() if id(m) in linear]
@@ -78,13 +82,18 @@ def _in_block(full: str) -> str:
     return ".".join(parts[digits[-1] + 1:]) if digits else full
 
 
-def wrap(model, cfg: FinetuneConfig, train_in_full=()):
+def wrap(model, cfg: FinetuneConfig, train_in_full=(), keep_frozen=()):
     """Freeze `model` but LoRA's new matrices, its head and the modules `train_in_full` (in place); return the
     PeftModel around it, which save_final needs. The model itself is what trains."""
     from peft import LoraConfig, get_peft_model
 
-    targets = target_modules(model, cfg.lora_target_modules, train_in_full)
+    targets = target_modules(model, cfg.lora_target_modules, [*train_in_full, *keep_frozen])
     layers = dict(model.named_modules())
+    # GPT-2's Conv1D stores [in, out]: peft transposes the update for it (an embedding's update never needs it)
+    fan_in_fan_out = all(isinstance(layers[t], Conv1D) for t in targets)
+    if cfg.lora_embedding:
+        embedding = model.get_input_embeddings()
+        targets += [name for name, m in layers.items() if m is embedding]
     body = model.base_model
     head = [name for name, child in model.named_children()
             if child is not body and any(True for _ in child.parameters())]
@@ -94,11 +103,11 @@ def wrap(model, cfg: FinetuneConfig, train_in_full=()):
     in_full = [owned[id(m)] for module in train_in_full for m in module.modules()
                if any(True for _ in m.parameters(recurse=False))]
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                        target_modules=targets, modules_to_save=head + in_full,
-                        # GPT-2's Conv1D stores [in, out]: peft transposes the update for it
-                        fan_in_fan_out=all(isinstance(layers[t], Conv1D) for t in targets))
+                        target_modules=targets, modules_to_save=head + in_full, fan_in_fan_out=fan_in_fan_out)
     with warnings.catch_warnings():  # peft still asks transformers 5 for the deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # A task head has no output embedding for the input one to be tied to, so merging the update is safe
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*tied_target_modules.*")
         return get_peft_model(model, config)
 
 
@@ -126,6 +135,6 @@ def save_final(accelerator, lora, tokenizer, folder: Path) -> None:
     staged = folder.with_name(f".tmp-{folder.name}-{ADAPTER_DIR}")
     if accelerator.is_main_process:
         shutil.rmtree(staged, ignore_errors=True)
-        lora.save_pretrained(staged, safe_serialization=True)
+        lora.save_pretrained(staged, safe_serialization=True, save_embedding_layers=False)  # the vocabulary is as it was
     merged = lora.merge_and_unload()
     checkpoint.save_final(accelerator, merged, tokenizer, folder, extra_dirs={ADAPTER_DIR: staged})

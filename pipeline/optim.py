@@ -47,7 +47,9 @@ def parameter_depths(model: torch.nn.Module) -> dict[str, int | None]:
     body = model.base_model
     blocks = transformer_blocks(body) or []
     in_body = {id(p) for p in body.parameters()}
-    depth_of = {id(p): 0 for m in body.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    embeddings = [m for m in body.modules()  # LoRA's wrapper of an embedding (base_layer) holds its factors
+                  if isinstance(m, torch.nn.Embedding) or isinstance(getattr(m, "base_layer", None), torch.nn.Embedding)]
+    depth_of = {id(p): 0 for m in embeddings for p in m.parameters()}
     depth_of.update({id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()})
     above = len(blocks) + 1
     return {name: depth_of.get(id(p), above) if id(p) in in_body else None

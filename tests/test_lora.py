@@ -27,7 +27,7 @@ from pipeline.cli import main
 from pipeline.config import FinetuneConfig
 from pipeline.heads import load_head
 from pipeline.optim import CombinedOptimizer, build_optimizer, parameter_depths, parameter_groups
-from pipeline.pooling import add_mean_pooling_layer
+from pipeline.pooling import add_mean_pooling_layer, lora_parts
 
 HEADS = {"sst2": (AutoModelForSequenceClassification, {"num_labels": 2}), "squad": (AutoModelForQuestionAnswering, {})}
 RUNS = {"sst2": ["max_train_samples=64", "max_eval_samples=16", "max_steps=6", "eval_steps=6", "save_steps=6"],
@@ -49,13 +49,16 @@ def _logits(model, input_ids):
 
 
 def _expected_deltas(adapter_dir, scale: float, prefix: str) -> dict[str, torch.Tensor]:
-    """{body weight name: scale·B·A} from the saved adapter (keys base_model.model.<prefix>.<layer>.lora_A.weight)."""
+    """{body weight name: scale·B·A} from the saved adapter (keys base_model.model.<prefix>.<layer>.lora_A.weight;
+    an embedding's are <layer>.lora_embedding_A, and its update is stored transposed: [vocab, width])."""
     saved = load_file(adapter_dir / "adapter_model.safetensors")
     deltas = {}
     for key, a in saved.items():
-        if ".lora_A." in key:
-            layer = key.removeprefix(f"base_model.model.{prefix}.").split(".lora_A.")[0]
-            deltas[f"{layer}.weight"] = scale * saved[key.replace(".lora_A.", ".lora_B.")].float() @ a.float()
+        for marker, transposed in ((".lora_A.", False), (".lora_embedding_A", True)):
+            if marker in key:
+                layer = key.removeprefix(f"base_model.model.{prefix}.").split(marker)[0]
+                delta = scale * saved[key.replace(marker, marker.replace("_A", "_B"))].float() @ a.float()
+                deltas[f"{layer}.weight"] = delta.T if transposed else delta
     return deltas
 
 
@@ -99,9 +102,13 @@ def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_p
     deltas = _expected_deltas(adapter_dir, config["lora_alpha"] / config["r"], base.base_model_prefix)
     assert deltas
     after = tuned.base_model.state_dict()
+    embedding_name = next(n for n, m in base.base_model.named_modules() if m is base.base_model.get_input_embeddings())
+    assert f"{embedding_name}.weight" in deltas  # lora_embedding (the default) adapted the token embedding
     for name, before in base.base_model.state_dict().items():
         if name in deltas:
-            delta = deltas[name].T if config["fan_in_fan_out"] else deltas[name]  # GPT-2's Conv1D: [in, out]
+            embedding = name == f"{embedding_name}.weight"
+            # GPT-2's Conv1D stores [in, out]; an embedding's delta is already in its own layout
+            delta = deltas[name].T if config["fan_in_fan_out"] and not embedding else deltas[name]
             assert delta.abs().max() > 0, name
             torch.testing.assert_close(after[name] - before, delta, atol=1e-5, rtol=1e-4)
         else:
@@ -130,22 +137,33 @@ def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_p
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
-def test_only_lora_head_and_pooling_layer_train(family, byo_texts, tmp_path):
+def test_only_lora_head_and_pooling_attention_train(family, byo_texts, tmp_path):
     folder = save_byo(tmp_path / family, family, byo_texts, pad=family != "gpt2")
     model, _ = load_head(folder, AutoModelForSequenceClassification, "pretrained", 0, "sdpa", num_labels=2)
     pooling = add_mean_pooling_layer(model)
+    in_full, frozen = lora_parts(pooling)
     cfg = FinetuneConfig(finetune_method="lora", optimizer="muon")
-    adapters.wrap(model, cfg, train_in_full=[pooling])
+    adapters.wrap(model, cfg, train_in_full=in_full, keep_frozen=frozen)
     blocks = next(child for child in model.base_model.children() if isinstance(child, torch.nn.ModuleList))
     in_pooling = {id(p) for p in pooling.parameters()}
+    mlp = {id(p) for p in pooling.mlp.parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    embedding = model.base_model.get_input_embeddings()
     for name, p in model.named_parameters():
-        lora = ".lora_A." in name or ".lora_B." in name
+        lora = any(f".{factor}" in name for factor in ("lora_A.", "lora_B.", "lora_embedding_A", "lora_embedding_B"))
         head = name.startswith("score.modules_to_save.")
         pooled = id(p) in in_pooling and ".modules_to_save." in name
         assert (name in trainable) == (lora or head or pooled), name
-        if lora:  # in the checkpoint's blocks only: the pooling block trains in full
+        assert not (id(p) in mlp and p.requires_grad), name  # the pooling MLP stays the no-op it starts as
+        if lora:  # in the checkpoint's blocks and its embedding only: the pooling block has no adapter
             assert id(p) not in in_pooling, name
+    assert any(p.requires_grad for p in embedding.lora_embedding_A.values())
+    # Of the pooling block, the attention's values and output and the norms train (q and k stay zero; GPT-2's
+    # share c_attn with v)
+    expected = {"v_proj", "o_proj", "input_layernorm", "post_attention_layernorm"} if family == "qwen2" else \
+        {"c_attn", "c_proj", "ln_1", "ln_2"}
+    assert {n.split(".modules_to_save.")[0].split(".")[-1] for n in trainable
+            if ".modules_to_save." in n and "score" not in n} == expected
 
     ids = torch.randint(3, model.config.vocab_size, (4, 16))
     model.train()
@@ -162,8 +180,11 @@ def test_only_lora_head_and_pooling_layer_train(family, byo_texts, tmp_path):
     assert isinstance(build_optimizer(model, cfg), CombinedOptimizer)
     block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
     params = dict(model.named_parameters())
+    in_embedding = {id(p) for p in embedding.parameters()}
     for name, depth in parameter_depths(model).items():  # the blocks are still found: block i is at depth i + 1
-        assert depth == (None if name.startswith("score.") else block_of[id(params[name])] + 1), name
+        expected = None if name.startswith("score.") else 0 if id(params[name]) in in_embedding \
+            else block_of[id(params[name])] + 1
+        assert depth == expected, name
 
 
 @pytest.mark.parametrize("config", [
@@ -171,20 +192,23 @@ def test_only_lora_head_and_pooling_layer_train(family, byo_texts, tmp_path):
                              num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True),
     transformers.GPT2Config(vocab_size=8192, n_embd=256, n_layer=4, n_head=4, n_positions=512),
 ], ids=["llama", "gpt2"])
-def test_trainable_share_of_a_realistic_shape(config):
+@pytest.mark.parametrize("embedding", [True, False], ids=["lora_embedding", "no_lora_embedding"])
+def test_trainable_share_of_a_realistic_shape(config, embedding):
     """The shape of recipes/pretrain/cpu.yaml (5M parameters): LoRA of rank 8 trains a few percent of it."""
     config.pad_token_id, config.num_labels = 0, 2
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config)
     full = adapters.parameter_counts(model, "full")
     assert full["trainable"] == full["total"]
-    adapters.wrap(model, FinetuneConfig(finetune_method="lora"))
+    adapters.wrap(model, FinetuneConfig(finetune_method="lora", lora_embedding=embedding))
     lora = adapters.parameter_counts(model, "lora")
-    assert 0 < lora["trainable"] < 0.1 * lora["total"]
+    assert 0 < lora["trainable"] < 0.1 * full["total"]
     targets = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
     expected = {"c_attn", "c_proj", "c_fc"} if config.model_type == "gpt2" else \
         {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert targets == expected  # every projection of the blocks, never the head
+    if embedding:  # rank r over the vocabulary: r · (vocab + width) more parameters
+        expected |= {"wte" if config.model_type == "gpt2" else "embed_tokens"}
+    assert targets == expected  # every projection of the blocks (and the token embedding), never the head
     assert "score" not in {n for n, m in model.named_modules() if hasattr(m, "lora_A")}
 
 
@@ -206,8 +230,9 @@ def test_save_final_reloads_as_the_merged_model(byo_texts, tmp_path):
     assert not loading["missing_keys"] and not loading["unexpected_keys"]
     assert torch.equal(_logits(reloaded, ids), merged)
     targets = json.loads((tmp_path / "final" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    # (Qwen2ForQuestionAnswering calls its body `transformer`)
     assert sorted(t.rsplit(".", 2)[-2] + "." + t.rsplit(".", 1)[-1] for t in targets) == \
-        ["mlp.down_proj"] * 2 + ["self_attn.q_proj"] * 2
+        sorted(["mlp.down_proj"] * 2 + ["self_attn.q_proj"] * 2 + ["transformer.embed_tokens"])
     assert not list((tmp_path).glob(".tmp-*"))  # the staged adapter was moved inside final/
 
 
@@ -219,6 +244,7 @@ def test_save_final_reloads_as_the_merged_model(byo_texts, tmp_path):
     (["init=scratch"], "finetune_method=lora with init=scratch"),
     (["adapt_steps=5"], "adapt_steps trains the whole body"),
     (["lora_target_modules=[q_proj,qq_proj]"], "qq_proj names no linear layer of"),
+    (["lora_embedding=maybe"], "recipe key 'lora_embedding' has the wrong type"),
 ])
 def test_bad_lora_keys_exit_2_with_one_line(tiny_pretrain, tmp_path, capsys, overrides, message):
     line = bad_input_line(["finetune", "--task", "sst2", "--ckpt", tiny_pretrain / "final", "--recipe", FINETUNE_TINY,

@@ -19,7 +19,7 @@ from pipeline.early_stopping import EarlyStopping, split_dev
 from pipeline.errors import PipelineError
 from pipeline.heads import load_head
 from pipeline.json_files import write_json
-from pipeline.pooling import add_mean_pooling_layer
+from pipeline.pooling import add_mean_pooling_layer, lora_parts
 from pipeline.tasks import get_task
 from pipeline.trainer import Trainer, make_accelerator
 
@@ -68,7 +68,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
             model, calibration=task.collator(tokenizer)([train_features[i] for i in first]))
     lora = None
     if cfg.finetune_method == "lora":  # the model is wrapped in place: the loop trains it as ever
-        lora = adapters.wrap(model, cfg, train_in_full=[pooling_layer] if pooling_layer is not None else [])
+        in_full, frozen = lora_parts(pooling_layer) if pooling_layer is not None else ([], [])
+        lora = adapters.wrap(model, cfg, train_in_full=in_full, keep_frozen=frozen)
     parameters = adapters.parameter_counts(model, cfg.finetune_method)
     for split, info in ((train_split, train_info), (eval_split, eval_info)):
         if info.get("truncated"):
