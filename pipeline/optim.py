@@ -69,7 +69,8 @@ def hidden_matrices(model: torch.nn.Module) -> set[int]:
     # LoRA's A [r, in] and B [out, r] train with AdamW, as in the LoRA paper and peft. Muon's update has a
     # fixed spectral size whatever the gradient's, scaled by sqrt(rows/cols): B (zero at the start, out ≫ r)
     # would take steps ~sqrt(out/r) times larger than a full matrix's at the same rate, and a rate tuned for
-    # full weights says nothing about a factor of a product. A pooling block trains in full: Muon takes it.
+    # full weights says nothing about a factor of a product. A pooling block's trained matrices (its attention)
+    # are full weights: Muon takes them.
     low_rank = lora_factors(model)
     return {id(p) for block in blocks for p in block.parameters()
             if p.ndim == 2 and p.requires_grad and id(p) not in low_rank}

@@ -68,7 +68,8 @@ def _expected_deltas(adapter_dir, scale: float, prefix: str) -> dict[str, torch.
 def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_pretrain, byo_texts, tmp_path, capsys):
     ckpt = _checkpoint(source, tiny_pretrain, byo_texts, tmp_path)
     out = tmp_path / "run"
-    # The classifiers from a foreign family also train a pooling block in full, and stop early on a dev split.
+    # The classifiers from a foreign family also train a pooling block (its attention in full), and stop early on
+    # a dev split.
     pooling = ["pooling=mean", "dev_fraction=0.25", "early_stopping_patience=2", "eval_steps=2"] \
         if task == "sst2" and source != "tiny" else []
     muon = ["optimizer=muon", "muon_learning_rate=0.005"] if task == "squad" else []
@@ -256,8 +257,8 @@ def test_bad_lora_keys_exit_2_with_one_line(tiny_pretrain, tmp_path, capsys, ove
 
 
 def test_kill_9_then_resume_is_bit_identical(tiny_pretrain, tmp_path):
-    """LoRA with dropout and a pooling block trained in full, killed after a checkpoint, resumed across an epoch
-    boundary. Dropout draws from the global RNG, which the checkpoint restores; each DataLoader the loop starts
+    """LoRA with dropout, an adapted embedding and a pooling block whose attention trains in full, killed after a
+    checkpoint, resumed across an epoch boundary. Dropout draws from the global RNG, which the checkpoint restores; each DataLoader the loop starts
     has a seeded generator of its own, so starting one at the resume takes nothing from that stream."""
     args = [sys.executable, "-m", "pipeline", "finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"),
             "--recipe", str(FINETUNE_TINY), "finetune_method=lora", "max_train_samples=64",
