@@ -258,8 +258,9 @@ def test_bad_lora_keys_exit_2_with_one_line(tiny_pretrain, tmp_path, capsys, ove
 
 def test_kill_9_then_resume_is_bit_identical(tiny_pretrain, tmp_path):
     """LoRA with dropout, an adapted embedding and a pooling block whose attention trains in full, killed after a
-    checkpoint, resumed across an epoch boundary. Dropout draws from the global RNG, which the checkpoint restores; each DataLoader the loop starts
-    has a seeded generator of its own, so starting one at the resume takes nothing from that stream."""
+    checkpoint, resumed across an epoch boundary. Dropout draws from the global RNG, which the checkpoint
+    restores; each DataLoader the loop starts has a seeded generator of its own, so starting one at the resume
+    takes nothing from that stream."""
     args = [sys.executable, "-m", "pipeline", "finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"),
             "--recipe", str(FINETUNE_TINY), "finetune_method=lora", "max_train_samples=64",
             "max_steps=10", "save_steps=3", "eval_steps=10", "max_eval_samples=16", "pooling=mean",
