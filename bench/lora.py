@@ -4,9 +4,9 @@ memory and checkpoint size, side by side on one machine.
 Each task runs both methods at each seed, the pair at the same time (one thread each on a 2-core
 CPU), so that both see the same machine. The runs are the default recipes, cut where a full recipe
 would not fit a session (SST-2 to a seeded 8,000 phrases, SQuAD to 2,000 questions, one epoch,
-no time budget, 500 evaluated questions): the same cut for both methods. LoRA trains its matrices at
-LORA_RATE, the rate a one-seed pilot on SST-2 picked (docs/recipes.md), and the head and the
-pooling layer's attention at the recipe's head rate, like full fine-tuning.
+no time budget, 500 evaluated questions): the same cut for both methods. LoRA trains its matrices and
+the pooling layer's attention at the default lora_learning_rate (1e-3, which a one-seed pilot on SST-2
+picked: docs/recipes.md), and the head at the recipe's head rate, like full fine-tuning.
 
 `--large` is the memory case instead: a Llama of about 1B parameters built from a config (random
 weights, the default tokenizer), fine-tuned for a few SST-2 steps with each method, one at a time.
@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
+from pipeline.config import FinetuneConfig  # noqa: E402
 from pipeline.machine import describe  # noqa: E402
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, result_row, run_jobs, save_rows  # noqa: E402
 
-LORA_RATE = 1e-3  # the LoRA matrices' rate: a one-seed pilot on SST-2 (docs/recipes.md)
-METHODS = {"full": [], "lora": ["finetune_method=lora", f"learning_rate={LORA_RATE}"]}
+METHODS = {"full": [], "lora": ["finetune_method=lora"]}  # LoRA's factors at the default lora_learning_rate
 TASKS = {  # the default recipe of each task, cut alike for both methods
     "sst2": ["max_train_samples=8000"],
     "trec": [],
@@ -76,7 +76,8 @@ def main() -> None:
             for task in args.tasks for seed in args.seeds for method, extra in METHODS.items()]
     rows = run_jobs(jobs, Path(args.ckpt), parallel=2, row=lora_row)  # each pair of methods side by side
     machine = describe()
-    save_rows(Path(args.report), rows, machine=machine, checkpoint=args.ckpt, lora_rate=LORA_RATE)
+    save_rows(Path(args.report), rows, machine=machine, checkpoint=args.ckpt,
+              lora_rate=FinetuneConfig.lora_learning_rate)
     write(rows, args, machine, Path(args.report))
 
 
@@ -88,8 +89,8 @@ def write(rows: list[dict], args, machine: dict, report: Path) -> None:
     lines = ["# LoRA against full fine-tuning\n",
              f"`make bench-lora` (bench/lora.py), checkpoint `{args.ckpt}`, seeds {args.seeds}, the two methods of a "
              f"seed side by side, one thread each; CPU: {machine['cpu_model']}. LoRA: r=8, alpha=16, every linear layer "
-             f"of the blocks and the token embedding, rate {LORA_RATE}; the head and the pooling layer's attention "
-             "in full. Trainable: the share of the model's own parameters. Score: accuracy, F1 for squad (mean ± sd "
+             f"of the blocks and the token embedding, lora_learning_rate {FinetuneConfig.lora_learning_rate}; the head "
+             "and the pooling layer's attention in full. Trainable: the share of the model's own parameters. Score: accuracy, F1 for squad (mean ± sd "
              "over seeds). Memory: the process's peak RSS. Optimizer: bytes of optimizer state.\n",
              "| task | full | LoRA | gap | trainable (LoRA) | step time LoRA/full | optimizer state LoRA/full "
              "| peak RSS full → LoRA | final/ | final/adapter/ | resume checkpoint full → LoRA |",

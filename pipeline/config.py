@@ -33,7 +33,7 @@ class TrainConfig:
     max_steps: int = 100  # optimizer steps; -1 derives them from num_train_epochs
     num_train_epochs: float = 1.0
     learning_rate: float = 3e-4  # the body's (top layer's) peak rate
-    head_learning_rate: Optional[float] = None  # a new task head's peak rate; null = learning_rate
+    head_learning_rate: Optional[float] = None  # a new head's peak rate; null: learning_rate (LoRA: lora_learning_rate)
     layer_lr_decay: float = 1.0  # each body layer trains at this times the rate of the one above it
     # Linear probing, then fine-tuning (LP-FT): for the first N steps only the head trains (the body's
     # rate is 0), then the body warms up over warmup_steps. 0 = everything trains from the start.
@@ -273,6 +273,9 @@ class FinetuneConfig(TrainConfig):
     # also a rank-lora_r update of the input token embedding: +6.5 points on emotion for 1.2% more parameters
     # (docs/recipes.md, "Which method: the figures")
     lora_embedding: bool = True
+    # with LoRA, the peak rate (AdamW) of what trains below the head (the factors, a pooling block's new weights),
+    # in place of learning_rate, which the recipes tune for full weights: SST-2 74.0 at 1e-3, 72.1 at 3e-4
+    lora_learning_rate: float = 1e-3
 
     def validate(self) -> None:
         super().validate()
@@ -298,6 +301,8 @@ class FinetuneConfig(TrainConfig):
         if self.doc_stride <= 0:  # QA also checks it against the room each question leaves
             _bad("doc_stride", self.doc_stride, "must be > 0")
         _choice("finetune_method", self.finetune_method, FINETUNE_METHODS)
+        if not (self.lora_learning_rate > 0 and math.isfinite(self.lora_learning_rate)):
+            _bad("lora_learning_rate", self.lora_learning_rate, "must be > 0")
         if self.lora_r <= 0:
             _bad("lora_r", self.lora_r, "must be > 0 (the rank of each update)")
         if self.lora_alpha <= 0:

@@ -80,21 +80,26 @@ def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Groups, one per (optimizer, learning rate, weight decay), each named for the logs and tests.
 
     Each group's "optimizer" says which optimizer takes it: "muon" for the layers' weight matrices
-    when cfg.optimizer is muon (named "muon-depth-N"), "adamw" for everything else.
+    when cfg.optimizer is muon (named "muon-depth-N"), "adamw" for everything else; LoRA's factors are
+    "lora-depth-N". With LoRA, lora_learning_rate takes learning_rate's place.
     """
-    depths, hidden = parameter_depths(model), hidden_matrices(model)
+    depths, hidden, low_rank = parameter_depths(model), hidden_matrices(model), lora_factors(model)
     top = max((d for d in depths.values() if d is not None), default=0)
-    head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
+    # Under LoRA (only a FinetuneConfig's finetune_method=lora makes factors) what trains below the head is the
+    # factors and a pooling block's new weights: lora_learning_rate replaces the rate tuned for full weights.
+    body_lr = cfg.lora_learning_rate if low_rank else cfg.learning_rate
+    head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else body_lr
     groups: dict[tuple, list] = defaultdict(list)
     for name, p in model.named_parameters():
         if name not in depths:
             continue
         depth = depths[name]
         muon = cfg.optimizer == "muon" and id(p) in hidden
-        peak = cfg.muon_learning_rate if muon else cfg.learning_rate
+        lora = id(p) in low_rank
+        peak = cfg.muon_learning_rate if muon else body_lr
         lr = head_lr if depth is None else peak * cfg.layer_lr_decay ** (top - depth)
         decay = cfg.weight_decay if p.ndim >= 2 else 0.0
-        label = "head" if depth is None else f"{'muon-' if muon else ''}depth-{depth}"
+        label = "head" if depth is None else f"{'muon-' if muon else 'lora-' if lora else ''}depth-{depth}"
         groups[("muon" if muon else "adamw", label, lr, decay)].append(p)
     return [{"name": name, "optimizer": kind, "params": params, "lr": lr, "weight_decay": decay}
             for (kind, name, lr, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))]

@@ -80,6 +80,7 @@ def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_p
     counts = report["parameters"]
     assert counts["method"] == "lora" and 0 < counts["trainable"] < counts["total"]
     assert f"finetune_method=lora: {counts['trainable']:,} of {counts['total']:,} parameters train" in printed.out
+    assert "parameters train" in printed.out and ", at lora_learning_rate=0.001" in printed.out  # the default rate
     if muon:
         assert "LoRA's matrices train with AdamW" in printed.out
     # The optimizer keeps state for what trains only: AdamW's two fp32 moments (and a step count) per parameter.
@@ -143,7 +144,8 @@ def test_only_lora_head_and_pooling_attention_train(family, byo_texts, tmp_path)
     model, _ = load_head(folder, AutoModelForSequenceClassification, "pretrained", 0, "sdpa", num_labels=2)
     pooling = add_mean_pooling_layer(model)
     in_full, frozen = lora_parts(pooling)
-    cfg = FinetuneConfig(finetune_method="lora", optimizer="muon")
+    cfg = FinetuneConfig(finetune_method="lora", optimizer="muon", learning_rate=1e-4, lora_learning_rate=2e-3,
+                         head_learning_rate=5e-3)
     adapters.wrap(model, cfg, train_in_full=in_full, keep_frozen=frozen)
     blocks = next(child for child in model.base_model.children() if isinstance(child, torch.nn.ModuleList))
     in_pooling = {id(p) for p in pooling.parameters()}
@@ -178,6 +180,15 @@ def test_only_lora_head_and_pooling_attention_train(family, byo_texts, tmp_path)
     muon = {id(p) for g in groups if g["optimizer"] == "muon" for p in g["params"]}
     assert muon == {id(p) for p in pooling.parameters() if p.requires_grad and p.ndim == 2}
     assert not muon & adapters.lora_factors(model)
+    # lora_learning_rate replaces learning_rate (tuned for full weights): LoRA's factors and the pooling block's
+    # AdamW weights train at it, Muon's at muon_learning_rate, the head at its own rate.
+    rates = {id(p): g["lr"] for g in groups for p in g["params"]}
+    head = {id(p) for n, p in model.named_parameters() if p.requires_grad and "score" in n}
+    assert {rates[i] for i in adapters.lora_factors(model)} == {2e-3}
+    assert {rates[i] for i in head} == {5e-3} and {rates[i] for i in muon} == {cfg.muon_learning_rate}
+    assert {rate for i, rate in rates.items() if i in in_pooling and i not in muon} == {2e-3}
+    assert {g["name"] for g in groups if id(g["params"][0]) in adapters.lora_factors(model)} == \
+        {f"lora-depth-{d}" for d in range(len(blocks))}  # the embedding (0) and each block of the checkpoint
     assert isinstance(build_optimizer(model, cfg), CombinedOptimizer)
     block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
     params = dict(model.named_parameters())
@@ -246,6 +257,7 @@ def test_save_final_reloads_as_the_merged_model(byo_texts, tmp_path):
     (["adapt_steps=5"], "adapt_steps trains the whole body"),
     (["lora_target_modules=[q_proj,qq_proj]"], "qq_proj names no linear layer of"),
     (["lora_embedding=maybe"], "recipe key 'lora_embedding' has the wrong type"),
+    (["lora_learning_rate=0"], "recipe key 'lora_learning_rate' = 0.0 is invalid: it must be > 0"),
 ])
 def test_bad_lora_keys_exit_2_with_one_line(tiny_pretrain, tmp_path, capsys, overrides, message):
     line = bad_input_line(["finetune", "--task", "sst2", "--ckpt", tiny_pretrain / "final", "--recipe", FINETUNE_TINY,

@@ -78,8 +78,9 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     dev_note = f" (+{len(dev_rows):,} held out as the dev split)" if dev_rows is not None else ""
     acc.print(f"{task.name}: {train_info['examples']:,} train examples ({train_split}){dev_note}, "
               f"{eval_info['examples']:,} eval examples ({eval_split}), init={cfg.init} from {body}")
+    rate = f", at lora_learning_rate={cfg.lora_learning_rate:g}" if cfg.finetune_method == "lora" else ""
     acc.print(f"finetune_method={cfg.finetune_method}: {parameters['trainable']:,} of {parameters['total']:,} "
-              f"parameters train ({parameters['trainable'] / parameters['total']:.2%})")
+              f"parameters train ({parameters['trainable'] / parameters['total']:.2%}){rate}")
 
     extras: dict = {}
 
