@@ -64,6 +64,9 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in the output folder
     overwrite: bool = False  # allow starting over in a folder that already holds a run
     mixed_precision: str = "auto"  # bf16 where this machine multiplies it natively, else fp32 (pipeline/precision.py)
+    # Recipe keys (dotted, e.g. model.hidden_size) that replace the recipe's own when mixed_precision=auto resolves
+    # to fp32 (a CPU without native bf16, ~8x slower): a shape that suits that pace. The command line still wins.
+    fp32_overrides: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
     attn_implementation: str = "sdpa"
     num_workers: int = 0  # DataLoader worker processes

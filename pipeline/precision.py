@@ -50,6 +50,11 @@ class Precision:
         return {"requested": self.requested, "mode": self.mode, "reason": self.reason}
 
 
+def run_device() -> torch.device:
+    """The device a run trains on: a GPU where torch sees one (as pipeline/trainer.py's accelerator picks)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve(requested: str, device: torch.device) -> Precision:
     """The precision a run asking for `requested` gets on `device`."""
     if device.type == "cuda":

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from pipeline import precision
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 
@@ -23,12 +24,34 @@ Config = TypeVar("Config", bound=TrainConfig)
 
 
 def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[str]) -> Config:
-    """Read a YAML recipe (or only the schema's defaults), apply overrides, validate."""
+    """Read a YAML recipe (or only the schema's defaults), apply overrides, validate.
+
+    The layers, last wins: the schema's defaults, the YAML file, its `fp32_overrides` where this machine trains
+    in fp32 (`uses_fp32_overrides`), the command line. The fp32 layer is checked on every machine, so a wrong
+    key in it fails here too, not only where it applies."""
+    recipe = _read_yaml(Path(path)) if path is not None else {}
+    command_line = _parse_overrides(overrides)
+    cfg = _merge(schema, [recipe, command_line], path)
+    if cfg.fp32_overrides:
+        try:
+            fp32_cfg = _merge(schema, [recipe, _nest(cfg.fp32_overrides.items()), command_line], path)
+        except PipelineError as e:
+            raise PipelineError(f"in fp32_overrides: {e}") from None
+        if uses_fp32_overrides(cfg):
+            cfg = fp32_cfg
+    cfg.validate()
+    return cfg
+
+
+def uses_fp32_overrides(cfg: TrainConfig) -> bool:
+    """Whether `cfg.fp32_overrides` applies: `auto` precision that this machine resolves to fp32."""
+    if not cfg.fp32_overrides or cfg.mixed_precision != "auto":
+        return False
+    return precision.resolve("auto", precision.run_device()).mode == "no"
+
+
+def _merge(schema: type[Config], layers: list[dict], path: str | Path | None) -> Config:
     base = OmegaConf.structured(schema)
-    layers: list[Any] = []
-    if path is not None:
-        layers.append(_read_yaml(Path(path)))
-    layers.append(_parse_overrides(overrides))
     try:
         merged = OmegaConf.merge(base, *layers)
         cfg = OmegaConf.to_object(merged)
@@ -41,7 +64,6 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
         raise PipelineError(f"invalid recipe: {str(e).splitlines()[0]}") from None
     if not cfg.name:
         cfg.name = Path(path).stem if path is not None else "default"
-    cfg.validate()
     return cfg
 
 
@@ -66,7 +88,7 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _parse_overrides(overrides: list[str]) -> dict:
-    result: dict = {}
+    pairs = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -77,8 +99,16 @@ def _parse_overrides(overrides: list[str]) -> dict:
             value = raw
         if isinstance(value, bool) and raw.lower() not in ("true", "false"):
             value = raw  # YAML 1.1 reads no/yes/on/off as booleans: mixed_precision=no means "no"
+        pairs.append((key, value))
+    return _nest(pairs)
+
+
+def _nest(pairs) -> dict:
+    """{"model.hidden_size": 192} → {"model": {"hidden_size": 192}}: dotted keys as the YAML's nesting."""
+    result: dict = {}
+    for key, value in pairs:
         node = result
-        *parents, leaf = key.split(".")
+        *parents, leaf = str(key).split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value

@@ -64,7 +64,7 @@ def _expected_deltas(adapter_dir, scale: float, prefix: str) -> dict[str, torch.
 
 # The squad runs use the squad recipe's optimizer=muon: LoRA's matrices take AdamW (one printed line).
 @pytest.mark.parametrize("task", HEADS)
-@pytest.mark.parametrize("source", ["tiny", "qwen2", "gpt2"])
+@pytest.mark.parametrize("source", ["tiny", "mistral", "qwen2", "gpt2"])
 def test_lora_fine_tunes_and_saves_merged_model_and_adapter(source, task, tiny_pretrain, byo_texts, tmp_path, capsys):
     ckpt = _checkpoint(source, tiny_pretrain, byo_texts, tmp_path)
     out = tmp_path / "run"

@@ -7,13 +7,16 @@ depend on its pace.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
-from conftest import CPU_ONLY, TINY, run_cli
+from conftest import CPU_ONLY, ROOT, TINY, bad_input_line, run_cli
 from pipeline import machine, precision
+from pipeline.config import PretrainConfig
+from pipeline.recipe import load_recipe
 
 CPU = torch.device("cpu")
 
@@ -71,13 +74,49 @@ def test_the_probe_calls_bf16_native_unless_it_is_an_order_of_magnitude_slow(mon
 
 @pytest.mark.parametrize("native,mode", [(True, "bf16"), (False, "no")])
 def test_pretrain_records_what_auto_became(tmp_path, native, mode):
+    """...and trains the recipe's fp32_overrides where auto became fp32, saying so."""
     out = tmp_path / "run"
     result = run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=2", "eval_steps=2", "save_steps=2",
+                     "fp32_overrides={model.hidden_size: 32, model.num_layers: 1}",
                      env={**CPU_ONLY, precision.CPU_BF16_ENV: str(int(native))})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"precision: {mode} (auto:" in result.stdout
-    recorded = json.loads((out / "run.json").read_text())["precision"]
-    assert recorded["requested"] == "auto" and recorded["mode"] == mode
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"]["requested"] == "auto" and run["precision"]["mode"] == mode
+    shape = json.loads((out / "final" / "config.json").read_text())
+    if native:  # the recipe's own shape
+        assert (shape["hidden_size"], shape["num_hidden_layers"]) == (64, 2) and run["fp32_overrides"] is None
+        assert "fp32_overrides apply" not in result.stdout
+    else:
+        assert (shape["hidden_size"], shape["num_hidden_layers"]) == (32, 1)
+        assert run["fp32_overrides"] == {"model.hidden_size": 32, "model.num_layers": 1}
+        assert "fp32: the recipe's fp32_overrides apply (model.hidden_size=32, model.num_layers=1)" in result.stdout
+
+
+def test_the_default_recipe_trains_its_fp32_shape_only_where_auto_becomes_fp32(stated):
+    """recipes/pretrain/cpu.yaml, as `make pretrain` reads it: the command line and an explicit precision win."""
+    default = ROOT / "recipes" / "pretrain" / "cpu.yaml"
+    def value(cfg, key):
+        return functools.reduce(getattr, key.split("."), cfg)
+
+    stated(True)
+    native = load_recipe(PretrainConfig, default, [])
+    assert native.fp32_overrides and native.model.hidden_size == 256
+    stated(False)
+    fp32 = load_recipe(PretrainConfig, default, [])
+    for key, wanted in fp32.fp32_overrides.items():
+        assert value(fp32, key) == wanted != value(native, key), key
+    assert load_recipe(PretrainConfig, default, ["model.hidden_size=128"]).model.hidden_size == 128
+    explicit = load_recipe(PretrainConfig, default, ["mixed_precision=no"])
+    assert all(value(explicit, key) == value(native, key) for key in fp32.fp32_overrides)
+
+
+def test_a_wrong_key_in_fp32_overrides_exits_2_on_every_machine(stated, tmp_path, capsys):
+    stated(True)  # a machine where the block does not apply still checks it
+    line = bad_input_line(["pretrain", "--recipe", TINY, "--out", tmp_path / "run",
+                           "fp32_overrides={model.hidden_sz: 32}"], capsys)
+    assert "in fp32_overrides: unknown recipe key 'model.hidden_sz': use one of" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_budget_lost_to_emulated_bf16_names_the_precision(tmp_path):
