@@ -38,9 +38,22 @@ def accelerator_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
 
 
+# The CPU features that decide a run's pace: virtual machines name an AVX2-only EPYC and a Zen 4 with
+# AVX-512 BF16 alike ("AMD EPYC"), so the model name alone does not say which machine a figure is from.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """Which of SPEED_FLAGS this CPU reports (empty where /proc/cpuinfo is missing)."""
+    present = set(_cpu_flags().split())
+    return [flag for flag in SPEED_FLAGS if flag in present]
+
+
 def describe() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    limits = {k: os.environ[k] for k in ISA_ENV if k in os.environ}  # kernels capped below the CPU's own
+    return {"cpu_model": cpu_model(), "cpu_features": cpu_features(), "isa_limits": limits,
+            "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -77,8 +90,12 @@ def _cpu_flags_digest() -> str:
     whether it has AVX-512 BF16 or only AVX2, so the model name alone cannot key what was measured."""
     import hashlib
 
+    return hashlib.sha256((_cpu_flags() or platform.machine()).encode()).hexdigest()[:8]
+
+
+def _cpu_flags() -> str:
+    """The "flags" line of /proc/cpuinfo, or "" where there is none."""
     try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
-        flags = platform.machine()
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+        return ""

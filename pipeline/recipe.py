@@ -43,6 +43,14 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
     return cfg
 
 
+def load_run_config(schema: type[Config], path: str | Path) -> Config:
+    """A run's saved config.yaml, as it trained: its `fp32_overrides` are already in its values, so they are
+    not applied again (a bf16 run evaluated on a CPU without native bf16 keeps the shape it trained)."""
+    cfg = _merge(schema, [_read_yaml(Path(path))], path)
+    cfg.validate()
+    return cfg
+
+
 def uses_fp32_overrides(cfg: TrainConfig) -> bool:
     """Whether `cfg.fp32_overrides` applies: `auto` precision that this machine resolves to fp32."""
     if not cfg.fp32_overrides or cfg.mixed_precision != "auto":

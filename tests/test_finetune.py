@@ -22,6 +22,7 @@ def test_classifier_end_to_end(tiny_classifier):
     assert report["task"] == "sst2" and report["init"] == "pretrained" and report["eval_split"] == "validation"
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
     assert sum(map(sum, report["metrics"]["confusion_matrix"])) == report["eval"]["examples"] == 64
+    assert report["machine"]["cpu_model"] and "isa_limits" in report["machine"]  # its times name their machine
     classify = transformers.pipeline("text-classification", model=str(tiny_classifier / "final"))
     assert classify("a gripping, beautiful film")[0]["label"] in {"negative", "positive"}
 

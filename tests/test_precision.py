@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CPU_ONLY, ROOT, TINY, bad_input_line, run_cli
+from conftest import CPU_ONLY, FINETUNE_TINY, ROOT, TINY, bad_input_line, run_cli
 from pipeline import machine, precision
-from pipeline.config import PretrainConfig
-from pipeline.recipe import load_recipe
+from pipeline.config import FinetuneConfig, PretrainConfig
+from pipeline.recipe import load_recipe, load_run_config, to_yaml
 
 CPU = torch.device("cpu")
 
@@ -65,6 +66,18 @@ def test_the_measured_answer_is_cached_per_machine(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_the_machine_record_names_the_cpu_features_and_isa_limits(monkeypatch):
+    """Both an AVX2-only EPYC and a Zen 4 call themselves "AMD EPYC": the record tells them apart."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for name in machine.ISA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    record = machine.describe()
+    assert record["isa_limits"] == {}
+    assert record["cpu_features"] == [f for f in machine.SPEED_FLAGS if f" {f} " in flags.replace("\n", " ")]
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert machine.describe()["isa_limits"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+
+
 @pytest.mark.parametrize("speedup,native", [(4.8, True), (1.8, True), (1.1, True), (0.6, True), (0.12, False), (0.03, False)])
 def test_the_probe_calls_bf16_native_unless_it_is_an_order_of_magnitude_slow(monkeypatch, speedup, native):
     """Measured: 4.8x on a Zen 4 with AVX-512 BF16 (idle), 1.1x on one thread of it busy; 0.03x when bf16 is emulated."""
@@ -93,22 +106,27 @@ def test_pretrain_records_what_auto_became(tmp_path, native, mode):
         assert "fp32: the recipe's fp32_overrides apply (model.hidden_size=32, model.num_layers=1)" in result.stdout
 
 
-def test_the_default_recipe_trains_its_fp32_shape_only_where_auto_becomes_fp32(stated):
-    """recipes/pretrain/cpu.yaml, as `make pretrain` reads it: the command line and an explicit precision win."""
-    default = ROOT / "recipes" / "pretrain" / "cpu.yaml"
-    def value(cfg, key):
-        return functools.reduce(getattr, key.split("."), cfg)
+@pytest.mark.parametrize("schema,recipe,key,value", [
+    (PretrainConfig, "pretrain/cpu.yaml", "model.hidden_size", 128),  # make pretrain's narrower model
+    (FinetuneConfig, "finetune/squad.yaml", "muon_learning_rate", 0.01),  # the rate for one epoch in the budget
+])
+def test_the_default_recipes_apply_their_fp32_overrides_only_where_auto_becomes_fp32(stated, schema, recipe, key, value):
+    """The shipped recipes, as make reads them: the command line and an explicit precision win."""
+    default = ROOT / "recipes" / recipe
+    def get(cfg, dotted):
+        return functools.reduce(getattr, dotted.split("."), cfg)
 
     stated(True)
-    native = load_recipe(PretrainConfig, default, [])
-    assert native.fp32_overrides and native.model.hidden_size == 256
+    native = load_recipe(schema, default, [])
+    assert key in native.fp32_overrides and get(native, key) != value
     stated(False)
-    fp32 = load_recipe(PretrainConfig, default, [])
-    for key, wanted in fp32.fp32_overrides.items():
-        assert value(fp32, key) == wanted != value(native, key), key
-    assert load_recipe(PretrainConfig, default, ["model.hidden_size=128"]).model.hidden_size == 128
-    explicit = load_recipe(PretrainConfig, default, ["mixed_precision=no"])
-    assert all(value(explicit, key) == value(native, key) for key in fp32.fp32_overrides)
+    fp32 = load_recipe(schema, default, [])
+    assert get(fp32, key) == value
+    for dotted, wanted in fp32.fp32_overrides.items():
+        assert get(fp32, dotted) == wanted != get(native, dotted), dotted
+    assert get(load_recipe(schema, default, [f"{key}={get(native, key)}"]), key) == get(native, key)
+    explicit = load_recipe(schema, default, ["mixed_precision=no"])
+    assert all(get(explicit, dotted) == get(native, dotted) for dotted in fp32.fp32_overrides)
 
 
 def test_a_wrong_key_in_fp32_overrides_exits_2_on_every_machine(stated, tmp_path, capsys):
@@ -129,3 +147,24 @@ def test_a_budget_lost_to_emulated_bf16_names_the_precision(tmp_path):
     assert "in bf16; the steps run in bf16, which this CPU emulates" in error[0]
     assert "set mixed_precision=auto" in error[0]
     assert "this CPU emulates it" in result.stdout  # the warning line at start
+
+
+def test_finetune_records_the_fp32_overrides_that_applied(tiny_pretrain, tmp_path):
+    out = tmp_path / "sst2"
+    result = run_cli("finetune", "--task", "sst2", "--ckpt", tiny_pretrain / "final", "--recipe", FINETUNE_TINY,
+                     "--out", out, "max_train_samples=64", "mixed_precision=auto", "fp32_overrides={max_steps: 3}",
+                     env={**CPU_ONLY, precision.CPU_BF16_ENV: "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["precision"]["mode"] == "no" and report["steps"] == 3
+    assert report["fp32_overrides"] == {"max_steps": 3}
+
+
+def test_a_run_config_is_read_back_as_it_trained_on_any_machine(stated, tmp_path):
+    """`make evaluate` re-reads a run's config.yaml: a bf16 run's shape survives a machine where auto is fp32."""
+    stated(True)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_recipe(PretrainConfig, ROOT / "recipes" / "pretrain" / "cpu.yaml", [])))
+    stated(False)
+    assert load_run_config(PretrainConfig, saved).model.hidden_size == 256
+    assert load_recipe(PretrainConfig, saved, []).model.hidden_size == 128  # read as a recipe, the block applies

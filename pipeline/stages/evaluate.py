@@ -18,7 +18,7 @@ from pipeline import baselines, corpus, report
 from pipeline.checkpoint import (CONFIG_FILE, EVAL_FILE, FINAL, PREDICTIONS_FILE, fingerprint, inspect_model_folder,
                                  load_causal_lm, load_tokenizer, load_weights, model_kind)
 from pipeline.config import FinetuneConfig, PretrainConfig
-from pipeline.recipe import load_recipe
+from pipeline.recipe import load_run_config
 from pipeline.errors import PipelineError
 from pipeline.json_files import read_json, write_json
 from pipeline.lm import evaluate_lm, generate_samples
@@ -48,7 +48,7 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
     for run_dir in sorted(runs.glob("finetune/*/"), reverse=True):  # "<task>" sorts after "<task>-scratch"
         task_name = read_json(run_dir / EVAL_FILE).get("task")
         if task_name in TASKS and TASKS[task_name].kind == "classification" and (run_dir / CONFIG_FILE).is_file():
-            tuned[task_name] = load_recipe(FinetuneConfig, run_dir / CONFIG_FILE, [])
+            tuned[task_name] = load_run_config(FinetuneConfig, run_dir / CONFIG_FILE)
     for name, cfg in sorted(tuned.items()):
         baselines.run(name, runs / "baselines", cfg.max_eval_samples, cfg.seed)
     print(f"wrote {report.write(runs, report_dir)}")
@@ -79,7 +79,7 @@ def evaluate(folder: Path) -> dict:
 
 def _evaluate_lm(folder: Path, run_dir: Path) -> dict:
     """Validation loss, perplexity and bits-per-byte on the run's own packed validation blocks."""
-    cfg = load_recipe(PretrainConfig, run_dir / CONFIG_FILE, [])
+    cfg = load_run_config(PretrainConfig, run_dir / CONFIG_FILE)
     model, tokenizer = load_causal_lm(folder)
     data = corpus.build(cfg)  # cached by the run that trained the model, else rebuilt the same way
     if data.tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -101,7 +101,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
     if kind != task.model_kind:
         raise PipelineError(f"{folder} is a {kind} checkpoint, but {run_dir}/eval.json names task {task.name}: "
                             "fine-tune it again with overwrite=true")
-    cfg = load_recipe(FinetuneConfig, run_dir / CONFIG_FILE, [])
+    cfg = load_run_config(FinetuneConfig, run_dir / CONFIG_FILE)
     hub_id, split, rows = task.load(cfg, "eval")
     labels = task.label_names(rows, hub_id, split)
     if kind == "classifier" and [config.id2label[i] for i in range(config.num_labels)] != labels:
