@@ -27,7 +27,7 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
     """Read a YAML recipe (or only the schema's defaults), apply overrides, validate.
 
     The layers, last wins: the schema's defaults, the YAML file, its `fp32_overrides` where this machine trains
-    in fp32 (`uses_fp32_overrides`), the command line. The fp32 layer is checked on every machine, so a wrong
+    in fp32 (`applied_fp32_overrides`), the command line. The fp32 layer is checked on every machine, so a wrong
     key in it fails here too, not only where it applies."""
     recipe = _read_yaml(Path(path)) if path is not None else {}
     command_line = _parse_overrides(overrides)
@@ -37,7 +37,7 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
             fp32_cfg = _merge(schema, [recipe, _nest(cfg.fp32_overrides.items()), command_line], path)
         except PipelineError as e:
             raise PipelineError(f"in fp32_overrides: {e}") from None
-        if uses_fp32_overrides(cfg):
+        if applied_fp32_overrides(cfg):
             cfg = fp32_cfg
     cfg.validate()
     return cfg
@@ -51,11 +51,12 @@ def load_run_config(schema: type[Config], path: str | Path) -> Config:
     return cfg
 
 
-def uses_fp32_overrides(cfg: TrainConfig) -> bool:
-    """Whether `cfg.fp32_overrides` applies: `auto` precision that this machine resolves to fp32."""
+def applied_fp32_overrides(cfg: TrainConfig) -> dict | None:
+    """`cfg.fp32_overrides` where they apply (`auto` precision that this machine resolves to fp32), else None:
+    what a run prints at start and records in run.json / eval.json."""
     if not cfg.fp32_overrides or cfg.mixed_precision != "auto":
-        return False
-    return precision.resolve("auto", precision.run_device()).mode == "no"
+        return None
+    return cfg.fp32_overrides if precision.resolve("auto", precision.run_device()).mode == "no" else None
 
 
 def _merge(schema: type[Config], layers: list[dict], path: str | Path | None) -> Config:

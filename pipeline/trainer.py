@@ -27,7 +27,7 @@ from pipeline.budget import TimeBudget
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.recipe import uses_fp32_overrides
+from pipeline.recipe import applied_fp32_overrides
 
 
 class TrainingInterrupted(Exception):
@@ -66,9 +66,9 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     with state.main_process_first():  # the main process measures bf16 (pipeline/precision.py), the others read it
         chosen = precision.resolve(cfg.mixed_precision, state.device)
     state.print(f"precision: {chosen.mode} ({chosen.reason})")
-    if uses_fp32_overrides(cfg):  # pipeline/recipe.py applied them when it read the recipe
-        state.print("fp32: the recipe's fp32_overrides apply (" + ", ".join(f"{k}={v}" for k, v in
-                    cfg.fp32_overrides.items()) + "); mixed_precision=no would keep the recipe's own values")
+    if fp32 := applied_fp32_overrides(cfg):  # pipeline/recipe.py applied them when it read the recipe
+        state.print("fp32: the recipe's fp32_overrides apply (" + ", ".join(f"{k}={v}" for k, v in fp32.items())
+                    + "); mixed_precision=no would keep the recipe's own values")
     accum = cfg.gradient_accumulation_steps(state.num_processes)
     return Accelerator(
         cpu=cpu,

@@ -14,7 +14,7 @@ from pipeline import adapters, budget, checkpoint, machine, optim, precision
 from pipeline.adapt import adapt_body
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig
-from pipeline.recipe import to_yaml, uses_fp32_overrides
+from pipeline.recipe import to_yaml, applied_fp32_overrides
 from pipeline.early_stopping import EarlyStopping, split_dev
 from pipeline.errors import PipelineError
 from pipeline.heads import load_head
@@ -123,7 +123,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "steps": state.step, "train_seconds": state.train_seconds,
         "wall_seconds": state.wall_seconds, "budget": budget.summary(cfg, state),
         "precision": trained_in.record(),  # what `auto` became on this machine
-        "fp32_overrides": cfg.fp32_overrides if uses_fp32_overrides(cfg) else None,  # what applied here, or null
+        "fp32_overrides": applied_fp32_overrides(cfg),  # what applied here, or null
         "machine": machine.describe(),  # the times compare only on one machine
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
         "evaluation": {"model": str(out / checkpoint.FINAL), "model_kind": task.model_kind,

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline import budget, checkpoint, corpus, machine, precision
 from pipeline.attention import check_backend
 from pipeline.config import PretrainConfig
-from pipeline.recipe import to_yaml, uses_fp32_overrides
+from pipeline.recipe import to_yaml, applied_fp32_overrides
 from pipeline.json_files import write_json
 from pipeline.lm import PackedCollator, evaluate_lm, generate_samples
 from pipeline.model import build_causal_lm, llama_config, parameter_counts, training_flops_per_token
@@ -65,7 +65,7 @@ def run(cfg: PretrainConfig, out: Path) -> dict:
         "eval": trainer.last_eval,
         "budget": budget.summary(cfg, state),  # max_train_minutes: asked, the steps it fixed, the time used
         "precision": precision.resolve(cfg.mixed_precision, acc.device).record(),  # what `auto` became here
-        "fp32_overrides": cfg.fp32_overrides if uses_fp32_overrides(cfg) else None,  # what applied here, or null
+        "fp32_overrides": applied_fp32_overrides(cfg),  # what applied here, or null
         "machine": machine.describe(),  # speeds compare only on one machine
     }
     if acc.is_main_process:
