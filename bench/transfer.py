@@ -8,6 +8,11 @@ head's init and the data order. Runs go to runs/bench/transfer/ and are reused w
     python bench/transfer.py [--tasks emotion rotten_tomatoes] [--seeds 3] [--variants NAME ...]
 Writes reports/bench/transfer.{json,md}.
 
+    python bench/transfer.py --recipe --tasks rotten_tomatoes [--variants NAME ...]
+measures RECIPE_VARIANTS on top of each task's recipe as it is today (what `make all` runs), with
+the dev score that a choice between them may rest on. Runs go to runs/bench/transfer_recipe/, the
+report to reports/bench/transfer_recipe.{json,md} (or --report).
+
     python bench/transfer.py --labels 1000 [...]
 measures the levers on `make curves`' 1,000-label cell instead (pipeline/curves.py: its step
 budget, all labels, no dev split), where a run takes a minute, so every lever gets 3 seeds. Runs go
@@ -47,6 +52,19 @@ VARIANTS = {
     "LP-FT (head alone 100 steps)": ["head_learning_rate=3e-3", "freeze_body_steps=100"],
     "mean + LP-FT (head alone 100 steps)": [*MEAN_DLR, "freeze_body_steps=100"],
 }
+# name → overrides on top of the task's recipe as it is today (`--recipe`). A pretrained-only variant
+# changes nothing a scratch run does (task-adaptive LM training skips scratch runs; LoRA refuses a
+# random body), so its scratch side is the recipe's own scratch runs.
+RECIPE_VARIANTS = {
+    "the recipe": [],
+    "body lr 1e-3": ["learning_rate=1e-3"],
+    "body lr 1e-3, 3 epochs": ["learning_rate=1e-3", "num_train_epochs=3"],
+    "weight decay 0.1": ["weight_decay=0.1"],
+    "adapt 100": ["adapt_steps=100", "adapt_seq_len=128"],
+    "adapt 100, body lr 1e-3": ["adapt_steps=100", "adapt_seq_len=128", "learning_rate=1e-3"],
+    "LoRA": ["finetune_method=lora"],
+}
+PRETRAINED_ONLY = {"adapt 100", "adapt 100, body lr 1e-3", "LoRA"}
 # name → overrides on top of the curve's cell (`--labels N`): the recipe, pooling=mean and the head at
 # 3e-3, with curves.BUDGET[N]'s steps and rates, all N labels and the final weights. At 1,000 labels
 # the cell now includes task-adaptive LM training (adapt_steps=60), which this study found: the
@@ -73,16 +91,25 @@ def main() -> None:
     # --labels decides which variants --variants may name and where runs and report go: read it first
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--labels", type=int)
-    labels = pre.parse_known_args()[0].labels
-    parser = study_parser(__doc__, f"transfer_n{labels}" if labels else "transfer",
-                          CELL_VARIANTS if labels else VARIANTS)
+    pre.add_argument("--recipe", action="store_true")
+    known = pre.parse_known_args()[0]
+    labels, on_recipe = known.labels, known.recipe
+    if labels and on_recipe:
+        raise SystemExit("transfer.py: --labels and --recipe are two different bases; give one")
+    name, variants = ((f"transfer_n{labels}", CELL_VARIANTS) if labels else
+                      ("transfer_recipe", RECIPE_VARIANTS) if on_recipe else ("transfer", VARIANTS))
+    parser = study_parser(__doc__, name, variants)
     parser.add_argument("--tasks", nargs="+", default=["emotion", "rotten_tomatoes"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--labels", type=int, choices=curves.SIZES,
                         help="measure on make curves' cell of this many labelled examples, not the recipe")
+    parser.add_argument("--recipe", action="store_true",
+                        help="measure on each task's recipe as it is today, not the v1 recipe")
     parser.add_argument("--parallel", type=int, default=2, help="fine-tunes at a time (one thread each on 2 cores)")
     args = parse_with_overrides(parser)
 
+    if args.recipe and set(args.variants) & PRETRAINED_ONLY and "the recipe" not in args.variants:
+        args.variants = ["the recipe", *args.variants]  # their scratch side
     jobs = []
     for name in args.variants:
         if args.labels:  # the curve's own plan for this cell, plus the variant
@@ -92,11 +119,13 @@ def main() -> None:
             jobs += [Job(j.task, j.out, j.overrides, {"variant": name, "init": j.labels["init"],
                                                       "seed": j.labels["seed"]}) for j in cell]
             continue
+        base, overrides = ([], RECIPE_VARIANTS[name]) if args.recipe else (V1, VARIANTS[name])
+        inits = ("pretrained",) if args.recipe and name in PRETRAINED_ONLY else ("pretrained", "scratch")
         for task in args.tasks:
-            for init in ("pretrained", "scratch"):
+            for init in inits:
                 for seed in range(args.seeds):
-                    out = Path(args.runs) / task / f"v{list(VARIANTS).index(name)}-{init}-s{seed}"
-                    jobs.append(Job(task, out, [*V1, *VARIANTS[name], f"init={init}", f"seed={1337 + seed}",
+                    out = Path(args.runs) / task / f"v{list(variants).index(name)}-{init}-s{seed}"
+                    jobs.append(Job(task, out, [*base, *overrides, f"init={init}", f"seed={1337 + seed}",
                                      *args.overrides],
                                     {"variant": name, "init": init, "seed": 1337 + seed}))
     rows = run_jobs(jobs, Path(args.ckpt), args.parallel)
@@ -107,25 +136,37 @@ def write(rows: list[dict], args, report: Path) -> None:
     machine = describe()
     save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
     base = (f"`make curves`' {args.labels:,}-label cell ({' '.join(curves.BUDGET[args.labels] + curves.ALL_LABELS)}, "
-            f"max_train_samples={args.labels}) plus the variant" if args.labels else "the v1 recipe plus the variant")
-    lines = ["# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']}.",
+            f"max_train_samples={args.labels}) plus the variant" if args.labels else
+            "as it is today, plus the variant" if args.recipe else "the v1 recipe plus the variant")
+    features = ", ".join(machine.get("cpu_features") or []) or "none of the listed"
+    limits = machine.get("isa_limits") or {}
+    limited = f", kernels limited by {' '.join(f'{k}={v}' for k, v in limits.items())}" if limits else ""
+    lines = ["# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']} "
+             f"({features}{limited}).",
              f"Each run: the task's recipe, {base}.",
-             "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Tokens/s is the "
-             "median fine-tuning throughput of the pretrained runs, two fine-tunes sharing the machine's cores "
-             "(and, in this session, other work): a rough figure, not a benchmark.\n"]
+             "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Dev is the kept "
+             "weights' dev accuracy of the pretrained runs (the score to choose by: the eval split is read once). "
+             "Tokens/s is the median fine-tuning throughput of the pretrained runs, two fine-tunes sharing the "
+             "machine's cores (and, in this session, other work): a rough figure, not a benchmark.\n"]
+    if args.recipe and set(args.variants) & PRETRAINED_ONLY:
+        lines.append(f"{', '.join(v for v in args.variants if v in PRETRAINED_ONLY)}: pretrained runs only; "
+                     "their scratch column is the recipe's own.\n")
     for task in args.tasks:
         lines += [f"## {task}\n",
-                  "| variant | pretrained acc. | scratch acc. | gain | pretrained F1 | scratch F1 | gain | steps | tokens/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| variant | pretrained acc. | scratch acc. | gain | pretrained F1 | scratch F1 | gain | pretrained dev | steps | tokens/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name in args.variants:
-            cell = {init: [r for r in rows if r["task"] == task and r["variant"] == name and r["init"] == init]
-                    for init in ("pretrained", "scratch")}
+            scratch_of = "the recipe" if args.recipe and name in PRETRAINED_ONLY else name
+            cell = {init: [r for r in rows if r["task"] == task and r["variant"] == (name, scratch_of)[i] and r["init"] == init]
+                    for i, init in enumerate(("pretrained", "scratch"))}
             if not cell["pretrained"] or not cell["scratch"]:
                 continue
             shown = []
             for metric in ("accuracy", "f1"):
                 (pm, ps), (sm, ss) = (mean_sd([100 * r[metric] for r in cell[i]]) for i in ("pretrained", "scratch"))
                 shown += [f"{pm:.1f} ± {ps:.1f}", f"{sm:.1f} ± {ss:.1f}", f"{pm - sm:+.1f}"]
+            dev = [100 * r["dev"] for r in cell["pretrained"] if r.get("dev") is not None]
+            shown.append("{:.1f} ± {:.1f}".format(*mean_sd(dev)) if dev else "–")
             steps = round(sum(r["steps"] for r in cell["pretrained"]) / len(cell["pretrained"]))
             speed = sorted(r["tokens_per_s"] or 0 for r in cell["pretrained"])[len(cell["pretrained"]) // 2]
             lines.append(f"| {name} | {' | '.join(shown)} | {steps} | {speed:,.0f} |")

@@ -106,6 +106,7 @@ def result_row(job: Job, report: dict) -> dict:
     tokens = max((r["tokens"] for r in train if r["split"] == "train" and "tokens" in r), default=0)
     return {"task": job.task, **job.labels, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
             "exact_match": metrics.get("exact_match"), "steps": report["steps"], "best_step": report.get("best_step"),
+            "dev": next(iter((report.get("best_dev") or {}).values()), None),  # the kept weights' dev score
             "train_seconds": report["train_seconds"], "wall_seconds": report["wall_seconds"],
             "tokens_per_s": statistics.median(speeds) if speeds else None, "tokens": tokens, "run": str(job.out)}
 

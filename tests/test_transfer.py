@@ -108,6 +108,9 @@ def test_early_stopping_reads_only_the_dev_split(tiny_pretrain, tmp_path, monkey
     assert [r["split"] for r in dev_rows if r["split"] != "train"][-1] == "eval"
     assert report["dev_examples"] == 40 and report["train"]["examples"] == 160
     assert report["steps"] < 30 and report["best_step"] <= report["steps"]  # a tiny rate stalls: it stopped early
+    dev_scores = {r["step"]: r["accuracy"] for r in dev_rows if r["split"] == "dev"}
+    # eval.json names the kept weights' dev score: the best of the dev evaluations, at best_step
+    assert report["best_dev"] == {"accuracy": dev_scores[report["best_step"]]} == {"accuracy": max(dev_scores.values())}
     best = load_file(out / "best" / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
     assert all(torch.equal(final[k], best[k]) for k in final if k in best)  # the best weights are the ones kept

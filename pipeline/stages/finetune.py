@@ -99,10 +99,11 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     trainer = Trainer(cfg, acc, model, train_features, task.collator(tokenizer), watch, out, on_evaluate=stopper,
                       run_files={checkpoint.CONFIG_FILE: to_yaml(cfg)}, eval_split="dev" if dev_rows is not None else "eval")
     state = trainer.fit()
-    best_step = None
+    best_step = best_dev = None
     if stopper is not None:
         acc.wait_for_everyone()
         best_step = stopper.restore_best(trainer.model)
+        best_dev = {task.headline: stopper.state["best"]}
         acc.print(f"kept the weights of step {best_step} (best dev {task.headline} {stopper.state['best']:.4f})")
     metrics = trainer.last_eval
     if dev_rows is not None:  # the eval split is read once, now, by the weights that are kept
@@ -118,6 +119,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
+        "best_dev": best_dev,  # the kept weights' dev score: what a study may choose by (never the eval split)
         "metrics": metrics, "parameters": parameters,
         "memory": {**machine.peak_memory(acc.device), "optimizer_state_bytes": optim.state_bytes(trainer.optimizer)},
         "steps": state.step, "train_seconds": state.train_seconds,
