@@ -40,12 +40,14 @@ def accelerator_name() -> str:
 
 # The CPU features that decide a run's pace: virtual machines name an AVX2-only EPYC and a Zen 4 with
 # AVX-512 BF16 alike ("AMD EPYC"), so the model name alone does not say which machine a figure is from.
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# x86 first; then Arm's (a Linux aarch64 /proc/cpuinfo lists them under "Features"): NEON, SVE, SVE2
+# and the BF16 dot products.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "sve", "sve2", "bf16")
 
 
-def cpu_features() -> list[str]:
-    """Which of SPEED_FLAGS this CPU reports (empty where /proc/cpuinfo is missing)."""
-    present = set(_cpu_flags().split())
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    """Which of SPEED_FLAGS this CPU (or the given /proc/cpuinfo text) reports; empty where there is none."""
+    present = set(_cpu_flags(cpuinfo).split(":", 1)[-1].split())
     return [flag for flag in SPEED_FLAGS if flag in present]
 
 
@@ -93,9 +95,11 @@ def _cpu_flags_digest() -> str:
     return hashlib.sha256((_cpu_flags() or platform.machine()).encode()).hexdigest()[:8]
 
 
-def _cpu_flags() -> str:
-    """The "flags" line of /proc/cpuinfo, or "" where there is none."""
-    try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return ""
+def _cpu_flags(cpuinfo: str | None = None) -> str:
+    """The feature line of /proc/cpuinfo ("flags" on x86, "Features" on Arm), or "" where there is none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    return next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")

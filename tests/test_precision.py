@@ -78,6 +78,17 @@ def test_the_machine_record_names_the_cpu_features_and_isa_limits(monkeypatch):
     assert machine.describe()["isa_limits"] == {"ATEN_CPU_CAPABILITY": "avx2"}
 
 
+def test_cpu_features_read_x86_flags_and_arm_features():
+    """x86 lists its features under "flags", Linux on Arm under "Features"; a feature is a whole word."""
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512vl\n"
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes sve sve2 bf16 i8mm svebf16\n"
+    avx2_only = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
+    assert machine.cpu_features(x86) == ["avx2", "avx512f", "avx512_bf16"]
+    assert machine.cpu_features(arm) == ["asimd", "sve", "sve2", "bf16"]  # not "svebf16" as "bf16"
+    assert machine.cpu_features(avx2_only) == ["avx2"]
+    assert machine.cpu_features("processor\t: 0\n") == []
+
+
 @pytest.mark.parametrize("speedup,native", [(4.8, True), (1.8, True), (1.1, True), (0.6, True), (0.12, False), (0.03, False)])
 def test_the_probe_calls_bf16_native_unless_it_is_an_order_of_magnitude_slow(monkeypatch, speedup, native):
     """Measured: 4.8x on a Zen 4 with AVX-512 BF16 (idle), 1.1x on one thread of it busy; 0.03x when bf16 is emulated."""
