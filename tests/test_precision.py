@@ -89,6 +89,25 @@ def test_cpu_features_read_x86_flags_and_arm_features():
     assert machine.cpu_features("processor\t: 0\n") == []
 
 
+def test_the_probe_times_both_dtypes_in_turns_so_a_burst_of_load_does_not_decide(monkeypatch):
+    """A simulated clock: native bf16 takes 2 ms a call, fp32 3 ms, and other work stalls calls 2 to 4 by
+    0.2 s each (the first bf16 calls, and the fp32 call between them). Taking turns, the probe keeps an
+    undisturbed call of each and says 1.5x, native; one slow call is not the answer."""
+    clock, calls = [0.0], []
+    cost = {torch.float32: 0.003, torch.bfloat16: 0.002}
+
+    def fake_mm(a, b):
+        calls.append(a.dtype)
+        clock[0] += cost[a.dtype] + (0.2 if 2 <= len(calls) <= 4 else 0.0)  # calls 0-1 warm up; a burst follows
+
+    monkeypatch.setattr(precision.torch, "mm", fake_mm)
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: clock[0])
+    speedup = precision.bf16_matmul_speedup(repeats=8, budget_s=0.5)
+    assert speedup == pytest.approx(1.5) and speedup >= precision.NATIVE_RATIO
+    assert calls[:6] == [torch.float32, torch.bfloat16] * 3  # in turns, from the warm-up on
+    assert 2 + 2 * 3 <= len(calls) <= 2 + 2 * 8  # past the budget three rounds were enough
+
+
 @pytest.mark.parametrize("speedup,native", [(4.8, True), (1.8, True), (1.1, True), (0.6, True), (0.12, False), (0.03, False)])
 def test_the_probe_calls_bf16_native_unless_it_is_an_order_of_magnitude_slow(monkeypatch, speedup, native):
     """Measured: 4.8x on a Zen 4 with AVX-512 BF16 (idle), 1.1x on one thread of it busy; 0.03x when bf16 is emulated."""
