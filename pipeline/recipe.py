@@ -8,6 +8,7 @@ merged on top. OmegaConf rejects unknown keys and values of the wrong type; the 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
@@ -28,19 +29,34 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
 
     The layers, last wins: the schema's defaults, the YAML file, its `fp32_overrides` where this machine trains
     in fp32 (`applied_fp32_overrides`), the command line. The fp32 layer is checked on every machine, so a wrong
-    key in it fails here too, not only where it applies."""
+    key or value in it fails here too, not only where it applies. Where the command line asks for what the
+    block contradicts (finetune_method=lora against a block's adapt_steps), the command line wins: the block is
+    left out, in one line, and the run records none."""
     recipe = _read_yaml(Path(path)) if path is not None else {}
     command_line = _parse_overrides(overrides)
     cfg = _merge(schema, [recipe, command_line], path)
     if cfg.fp32_overrides:
+        block = _nest(cfg.fp32_overrides.items())
         try:
-            fp32_cfg = _merge(schema, [recipe, _nest(cfg.fp32_overrides.items()), command_line], path)
+            _merge(schema, [recipe, block], path).validate()  # the recipe with its block is sound on its own
+            fp32_cfg = _merge(schema, [recipe, block, command_line], path)
         except PipelineError as e:
             raise PipelineError(f"in fp32_overrides: {e}") from None
         if applied_fp32_overrides(cfg):
-            cfg = fp32_cfg
+            try:
+                fp32_cfg.validate()
+                cfg = fp32_cfg
+            except PipelineError as e:
+                cfg.validate()  # the command line's own mistakes are reported as ever
+                print(f"fp32: the recipe's fp32_overrides ({_pairs(cfg.fp32_overrides)}) are left out: with the "
+                      f"command line they fail ({e})", file=sys.stderr)
+                cfg.fp32_overrides = {}
     cfg.validate()
     return cfg
+
+
+def _pairs(mapping: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in mapping.items())
 
 
 def load_run_config(schema: type[Config], path: str | Path) -> Config:

@@ -17,7 +17,8 @@ import torch
 from conftest import CPU_ONLY, FINETUNE_TINY, ROOT, TINY, bad_input_line, run_cli
 from pipeline import machine, precision
 from pipeline.config import FinetuneConfig, PretrainConfig
-from pipeline.recipe import load_recipe, load_run_config, to_yaml
+from pipeline.errors import PipelineError
+from pipeline.recipe import applied_fp32_overrides, load_recipe, load_run_config, to_yaml
 
 CPU = torch.device("cpu")
 
@@ -139,6 +140,7 @@ def test_pretrain_records_what_auto_became(tmp_path, native, mode):
 @pytest.mark.parametrize("schema,recipe,key,value", [
     (PretrainConfig, "pretrain/cpu.yaml", "model.hidden_size", 128),  # make pretrain's narrower model
     (FinetuneConfig, "finetune/squad.yaml", "muon_learning_rate", 0.01),  # the rate for one epoch in the budget
+    (FinetuneConfig, "finetune/rotten_tomatoes.yaml", "adapt_steps", 100),  # task-adaptive LM training first
 ])
 def test_the_default_recipes_apply_their_fp32_overrides_only_where_auto_becomes_fp32(stated, schema, recipe, key, value):
     """The shipped recipes, as make reads them: the command line and an explicit precision win."""
@@ -157,6 +159,31 @@ def test_the_default_recipes_apply_their_fp32_overrides_only_where_auto_becomes_
     assert get(load_recipe(schema, default, [f"{key}={get(native, key)}"]), key) == get(native, key)
     explicit = load_recipe(schema, default, ["mixed_precision=no"])
     assert all(get(explicit, dotted) == get(native, dotted) for dotted in fp32.fp32_overrides)
+
+
+def test_the_command_line_wins_where_it_contradicts_the_fp32_block(stated, capsys):
+    """LoRA freezes the body that Rotten Tomatoes' fp32 block would adapt: asked for on the command line,
+    LoRA runs and the block is left out, in one line; the run records none."""
+    rt = ROOT / "recipes" / "finetune" / "rotten_tomatoes.yaml"
+    stated(False)
+    cfg = load_recipe(FinetuneConfig, rt, ["finetune_method=lora"])
+    assert (cfg.finetune_method, cfg.adapt_steps, cfg.adapt_seq_len) == ("lora", 0, 256)
+    assert cfg.fp32_overrides == {} and applied_fp32_overrides(cfg) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "fp32: the recipe's fp32_overrides (adapt_steps=100, adapt_seq_len=128) are left out" in err
+    # The command line's own mistakes still fail, with their own message.
+    with pytest.raises(PipelineError, match="lora_r"):
+        load_recipe(FinetuneConfig, rt, ["finetune_method=lora", "lora_r=0"])
+    stated(True)  # where the block does not apply, there is nothing to say
+    assert load_recipe(FinetuneConfig, rt, ["finetune_method=lora"]).adapt_steps == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_block_that_is_wrong_on_its_own_fails_on_every_machine(stated):
+    stated(True)
+    with pytest.raises(PipelineError, match="in fp32_overrides: .*adapt_steps"):
+        load_recipe(FinetuneConfig, FINETUNE_TINY, ["fp32_overrides={adapt_steps: -1}"])
 
 
 def test_a_wrong_key_in_fp32_overrides_exits_2_on_every_machine(stated, tmp_path, capsys):
@@ -198,3 +225,29 @@ def test_a_run_config_is_read_back_as_it_trained_on_any_machine(stated, tmp_path
     stated(False)
     assert load_run_config(PretrainConfig, saved).model.hidden_size == 256
     assert load_recipe(PretrainConfig, saved, []).model.hidden_size == 128  # read as a recipe, the block applies
+
+
+def test_rotten_tomatoes_on_the_fp32_path_adapts_first_unless_lora_is_asked(tiny_pretrain, tmp_path):
+    """The shipped recipe, `make finetune TASK=rotten_tomatoes` on a CPU without native bf16: its block's
+    100 task-adaptive LM steps run before the head trains. With finetune_method=lora the block is left out."""
+    rt = ROOT / "recipes" / "finetune" / "rotten_tomatoes.yaml"
+    few = ["max_train_samples=400", "max_eval_samples=64", "max_steps=3", "eval_steps=3", "save_steps=1000"]
+    fp32 = {**CPU_ONLY, precision.CPU_BF16_ENV: "0"}
+    out = tmp_path / "rt"
+    result = run_cli("finetune", "--task", "rotten_tomatoes", "--ckpt", tiny_pretrain / "final", "--recipe", rt,
+                     "--out", out, *few, env=fp32)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["fp32_overrides"] == {"adapt_steps": 100, "adapt_seq_len": 128}
+    assert "fp32: the recipe's fp32_overrides apply (adapt_steps=100, adapt_seq_len=128)" in result.stdout
+    assert "adapt: 100 causal-LM steps on" in result.stdout and (out / "adapt" / "final" / "config.json").is_file()
+    assert f"init=pretrained from {out / 'adapt' / 'final'}" in result.stdout  # the head starts from the adapted body
+
+    lora = tmp_path / "rt-lora"
+    result = run_cli("finetune", "--task", "rotten_tomatoes", "--ckpt", tiny_pretrain / "final", "--recipe", rt,
+                     "--out", lora, *few, "finetune_method=lora", env=fp32)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((lora / "eval.json").read_text())
+    assert report["fp32_overrides"] is None and report["parameters"]["method"] == "lora"
+    assert "fp32_overrides (adapt_steps=100, adapt_seq_len=128) are left out" in result.stderr
+    assert not (lora / "adapt").exists()
