@@ -30,9 +30,9 @@ from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_ro
 
 ROOT = Path(__file__).resolve().parents[1]
 # name → overrides on top of V1, the task's recipe as it was before this study (last-token head, one
-# rate 3e-4, one epoch, bf16, no dev split), whatever the recipe files say today.
+# rate 3e-4, one epoch, bf16, no dev split, no adaptation), whatever the recipe files say today.
 V1 = ["pooling=last", "head_learning_rate=null", "dev_fraction=0", "early_stopping_patience=0", "num_train_epochs=1",
-      "eval_steps=100000"]
+      "eval_steps=100000", "adapt_steps=0"]
 MEAN_DLR = ["pooling=mean", "head_learning_rate=3e-3"]
 EARLY_STOP = ["num_train_epochs=4", "dev_fraction=0.1", "early_stopping_patience=2", "eval_steps=100"]
 VARIANTS = {
