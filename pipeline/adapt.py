@@ -22,9 +22,11 @@ from pipeline.config import FinetuneConfig
 from pipeline.recipe import to_yaml
 from pipeline.corpus import pack, token_stream
 from pipeline.errors import PipelineError
+from pipeline.json_files import read_json, write_json
 from pipeline.lm import PackedCollator, evaluate_lm
 from pipeline.trainer import Trainer, make_accelerator
 
+SUMMARY_FILE = "adapt.json"  # in <run>/adapt/, beside final/
 HELD_OUT = 0.05  # share of the packed blocks kept aside to report the LM loss on unseen task text
 
 
@@ -58,10 +60,20 @@ def adapt_body(texts: list[str], cfg: FinetuneConfig, ckpt: Path, out: Path, log
                                        micro_batch_size=cfg.micro_batch_size, doc_masking=False),
                       out=out, run_files={"config.yaml": to_yaml(lm_cfg)})
     before = evaluate_lm(model, held, acc, tokenizer, cfg.micro_batch_size, False)
-    trainer.fit()
+    state = trainer.fit()
     after = trainer.last_eval
     log(f"adapt: held-out task text LM loss {before['loss']:.3f} → {after['loss']:.3f}")
     checkpoint.save_final(acc, trainer.model, tokenizer, final)
     if acc.is_main_process:  # final/ is what a resume reuses; the training state is no longer needed
         shutil.rmtree(out / checkpoint.CHECKPOINTS, ignore_errors=True)
+        # The fine-tune's eval.json carries this: its own times count the head's training only.
+        write_json(out / SUMMARY_FILE, {"steps": state.step, "blocks": len(train), "seq_len": cfg.adapt_seq_len,
+                                        "train_seconds": state.train_seconds, "wall_seconds": state.wall_seconds,
+                                        "held_out_loss": {"before": before["loss"], "after": after["loss"]}})
     return final
+
+
+def summary(out: Path) -> dict | None:
+    """What adapt_body recorded in `out` (steps, seconds, held-out LM loss before and after), or None."""
+    path = out / SUMMARY_FILE
+    return read_json(path) if path.is_file() else None

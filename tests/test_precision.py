@@ -239,6 +239,7 @@ def test_rotten_tomatoes_on_the_fp32_path_adapts_first_unless_lora_is_asked(tiny
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
     assert report["fp32_overrides"] == {"adapt_steps": 100, "adapt_seq_len": 128}
+    assert report["adapt"]["steps"] == 100 and report["adapt"]["seq_len"] == 128
     assert "fp32: the recipe's fp32_overrides apply (adapt_steps=100, adapt_seq_len=128)" in result.stdout
     assert "adapt: 100 causal-LM steps on" in result.stdout and (out / "adapt" / "final" / "config.json").is_file()
     assert f"init=pretrained from {out / 'adapt' / 'final'}" in result.stdout  # the head starts from the adapted body
@@ -248,6 +249,6 @@ def test_rotten_tomatoes_on_the_fp32_path_adapts_first_unless_lora_is_asked(tiny
                      "--out", lora, *few, "finetune_method=lora", env=fp32)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((lora / "eval.json").read_text())
-    assert report["fp32_overrides"] is None and report["parameters"]["method"] == "lora"
+    assert report["fp32_overrides"] is None and report["parameters"]["method"] == "lora" and report["adapt"] is None
     assert "fp32_overrides (adapt_steps=100, adapt_seq_len=128) are left out" in result.stderr
     assert not (lora / "adapt").exists()

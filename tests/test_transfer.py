@@ -153,6 +153,9 @@ def test_task_adaptive_lm_training_never_sees_labels(tiny_pretrain, tmp_path, mo
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], original[k]) for k in a)  # it did train
     assert not (tmp_path / "a" / "adapt" / "checkpoints").exists()  # only final/ is kept
+    adapted = json.loads((tmp_path / "a" / "eval.json").read_text())["adapt"]  # recorded beside the head's figures
+    assert adapted["steps"] == 4 and adapted["seq_len"] == 32 and adapted["train_seconds"] > 0
+    assert adapted["held_out_loss"]["after"] < adapted["held_out_loss"]["before"]
     # The head started from the adapted body, not from the pretrained checkpoint.
     assert json.loads((tmp_path / "a" / "eval.json").read_text())["checkpoint"] == str(tiny_pretrain / "final")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import adapters, budget, checkpoint, machine, optim, precision
-from pipeline.adapt import adapt_body
+from pipeline import adapt, adapters, budget, checkpoint, machine, optim, precision
 from pipeline.attention import check_backend
 from pipeline.config import FinetuneConfig
 from pipeline.recipe import to_yaml, applied_fp32_overrides
@@ -52,7 +51,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
     body = ckpt
     if cfg.adapt_steps and cfg.init == "pretrained":
         with acc.main_process_first():
-            body = adapt_body(task.unlabelled_texts(train_rows), cfg, ckpt, out / checkpoint.ADAPT_DIR,
+            body = adapt.adapt_body(task.unlabelled_texts(train_rows), cfg, ckpt, out / checkpoint.ADAPT_DIR,
                               log=acc.print)
     model, tokenizer = load_head(body, task.head, cfg.init, cfg.seed, cfg.attn_implementation,
                                  **task.head_config(labels))
@@ -119,6 +118,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "task": task.name, "kind": task.kind, "init": cfg.init, "checkpoint": str(ckpt), "dataset": hub_id,
         "train_split": train_split, "eval_split": eval_split, "train": train_info, "eval": eval_info,
         "dev_examples": len(dev_rows) if dev_rows is not None else 0, "best_step": best_step,
+        # task-adaptive LM training before the head (its times are not in the head's below), or null
+        "adapt": adapt.summary(out / checkpoint.ADAPT_DIR) if body != ckpt else None,
         "best_dev": best_dev,  # the kept weights' dev score: what a study may choose by (never the eval split)
         "metrics": metrics, "parameters": parameters,
         "memory": {**machine.peak_memory(acc.device), "optimizer_state_bytes": optim.state_bytes(trainer.optimizer)},
