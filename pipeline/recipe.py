@@ -8,6 +8,7 @@ merged on top. OmegaConf rejects unknown keys and values of the wrong type; the 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -48,8 +49,9 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
                 cfg = fp32_cfg
             except PipelineError as e:
                 cfg.validate()  # the command line's own mistakes are reported as ever
-                print(f"fp32: the recipe's fp32_overrides ({_pairs(cfg.fp32_overrides)}) are left out: with the "
-                      f"command line they fail ({e})", file=sys.stderr)
+                if os.environ.get("RANK", "0") == "0":  # once, not once per process of a distributed launch
+                    print(f"fp32: the recipe's fp32_overrides ({_pairs(cfg.fp32_overrides)}) are left out: with the "
+                          f"command line they fail ({e})", file=sys.stderr)
                 cfg.fp32_overrides = {}
     cfg.validate()
     return cfg
