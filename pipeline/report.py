@@ -40,7 +40,8 @@ METRICS = {"classification": (("accuracy", "accuracy"), ("f1", "macro-F1")),
            "qa": (("f1", "F1"), ("exact_match", "EM"))}
 # The two times every trained row shows, said once for both tables.
 TIMES = ("Training time is the optimizer steps alone; wall time is the whole training loop with its evaluations "
-         "and checkpoints (not start-up); both are summed over resumed runs.")
+         "and checkpoints (not start-up); both are summed over resumed runs, and a fine-tune's include its "
+         "task-adaptive LM training where its recipe has one.")
 
 
 def write(runs: Path, out: Path) -> Path:
@@ -167,6 +168,13 @@ def seed_folders(name: str, init: str, runs: dict[str, Path]) -> list[Path]:
     return [runs[f] for f in ([base] if base in runs else []) + extra]
 
 
+def _seconds(record: dict, key: str) -> float | None:
+    """A fine-tune's time, with its task-adaptive LM training (eval.json's `adapt`) where it had one."""
+    if record.get(key) is None:
+        return None
+    return record[key] + ((record.get("adapt") or {}).get(key) or 0.0)
+
+
 def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path) -> dict[str, Row]:
     """model → Row: pretrained and scratch fine-tunes (averaged over seeds), then the baselines."""
     (key, _), (key2, _) = METRICS[family]
@@ -184,7 +192,8 @@ def _task_rows(name: str, family: str, runs: dict[str, Path], baseline_dir: Path
         rows[init] = Row(_mean(scores), _mean([_scaled(m.get(key2), scale) for m in metrics]), len(records),
                          float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
                          records[0]["evaluation"].get("examples"),
-                         _mean([r.get("train_seconds") for r in records]), _mean([r.get("wall_seconds") for r in records]),
+                         _mean([_seconds(r, "train_seconds") for r in records]),
+                         _mean([_seconds(r, "wall_seconds") for r in records]),
                          bootstrap_accuracy(first["confusion_matrix"]) if "confusion_matrix" in first else None)
     if family == "classification":
         baselines = read_json(baseline_dir / f"{name}.json")

@@ -63,14 +63,14 @@ def test_make_all_fails_without_a_scoreboard_when_a_stage_fails(tmp_path):
     assert "pipeline evaluate" not in result.stdout  # no scoreboard from a half-finished study
 
 
-def _eval(folder: Path, accuracy: float, train_seconds: float = 60) -> None:
+def _eval(folder: Path, accuracy: float, train_seconds: float = 60, adapt: dict | None = None) -> None:
     folder.mkdir(parents=True)
     n = 100
     right = round(accuracy * n)
     confusion = [[right // 2, (n - right) // 2], [n - right - (n - right) // 2, right - right // 2]]
     (folder / "eval.json").write_text(json.dumps(
         {"task": "sst2", "checkpoint": "runs/pretrain/cpu/final", "train_seconds": train_seconds,
-         "wall_seconds": train_seconds + 5,
+         "wall_seconds": train_seconds + 5, "adapt": adapt,
          "evaluation": {"examples": n, "metrics": {"accuracy": accuracy, "f1": accuracy,
                                                    "confusion_matrix": confusion}}}))
 
@@ -103,3 +103,15 @@ def test_seed_folders(tmp_path, folders, expected):
     runs = {f: tmp_path / f for f in folders}
     assert [p.name for p in report.seed_folders("sst2", "pretrained", runs)] == expected
 
+
+
+def test_scoreboard_times_include_task_adaptive_training(tmp_path):
+    """A pretrained run that first adapted its body took that time too: the row shows both, the scratch row its own."""
+    runs = tmp_path / "runs"
+    _eval(runs / "finetune" / "sst2", 0.80, adapt={"steps": 100, "train_seconds": 100, "wall_seconds": 110})
+    _eval(runs / "finetune" / "sst2-scratch", 0.78)
+    text = report.write(runs, tmp_path / "reports").read_text()
+    rows = {c[2].strip(): [x.strip() for x in c] for c in (line.split("|") for line in text.splitlines())
+            if len(c) > 3 and c[1].strip() == "sst2"}
+    assert rows["pretrained"][-3:-1] == ["2m 40s", "2m 55s"]  # 60 + 100 s training, 65 + 110 s wall
+    assert rows["scratch"][-3:-1] == ["1m 00s", "1m 05s"]
