@@ -64,7 +64,9 @@ RECIPE_VARIANTS = {
     "adapt 100, body lr 1e-3": ["adapt_steps=100", "adapt_seq_len=128", "learning_rate=1e-3"],
     "LoRA": ["finetune_method=lora"],
 }
-PRETRAINED_ONLY = {"adapt 100", "adapt 100, body lr 1e-3", "LoRA"}
+PRETRAINED_ONLY = {name for name, overrides in RECIPE_VARIANTS.items()
+                   if "finetune_method=lora" in overrides or any(o.startswith("adapt_steps=") and o != "adapt_steps=0"
+                                                                  for o in overrides)}
 # name → overrides on top of the curve's cell (`--labels N`): the recipe, pooling=mean and the head at
 # 3e-3, with curves.BUDGET[N]'s steps and rates, all N labels and the final weights. At 1,000 labels
 # the cell now includes task-adaptive LM training (adapt_steps=60), which this study found: the

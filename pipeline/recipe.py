@@ -50,14 +50,15 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
             except PipelineError as e:
                 cfg.validate()  # the command line's own mistakes are reported as ever
                 if os.environ.get("RANK", "0") == "0":  # once, not once per process of a distributed launch
-                    print(f"fp32: the recipe's fp32_overrides ({_pairs(cfg.fp32_overrides)}) are left out: with the "
-                          f"command line they fail ({e})", file=sys.stderr)
+                    print(f"fp32: the recipe's fp32_overrides ({format_overrides(cfg.fp32_overrides)}) are left "
+                          f"out: with the command line they fail ({e})", file=sys.stderr)
                 cfg.fp32_overrides = {}
     cfg.validate()
     return cfg
 
 
-def _pairs(mapping: dict) -> str:
+def format_overrides(mapping: dict) -> str:
+    """{"model.hidden_size": 128, ...} as the command line writes it: "model.hidden_size=128, ..."."""
     return ", ".join(f"{k}={v}" for k, v in mapping.items())
 
 

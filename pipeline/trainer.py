@@ -27,7 +27,7 @@ from pipeline.budget import TimeBudget
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.recipe import applied_fp32_overrides
+from pipeline.recipe import applied_fp32_overrides, format_overrides
 
 
 class TrainingInterrupted(Exception):
@@ -67,8 +67,8 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
         chosen = precision.resolve(cfg.mixed_precision, state.device)
     state.print(f"precision: {chosen.mode} ({chosen.reason})")
     if fp32 := applied_fp32_overrides(cfg):  # pipeline/recipe.py applied them when it read the recipe
-        state.print("fp32: the recipe's fp32_overrides apply (" + ", ".join(f"{k}={v}" for k, v in fp32.items())
-                    + "); mixed_precision=no would keep the recipe's own values")
+        state.print(f"fp32: the recipe's fp32_overrides apply ({format_overrides(fp32)}); "
+                    "mixed_precision=no would keep the recipe's own values")
     accum = cfg.gradient_accumulation_steps(state.num_processes)
     return Accelerator(
         cpu=cpu,

@@ -77,6 +77,19 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
+@pytest.fixture
+def stated(monkeypatch):
+    """State whether this CPU's bf16 is native, as a user who knows would (PIPELINE_CPU_BF16)."""
+    from pipeline import precision
+
+    def state(native: bool) -> None:
+        monkeypatch.setenv(precision.CPU_BF16_ENV, "1" if native else "0")
+        precision.cpu_bf16.cache_clear()
+
+    yield state
+    precision.cpu_bf16.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain(tmp_path_factory) -> Path:
     """One tiny pretraining run on a slice of real Wikipedia; returns its run folder."""

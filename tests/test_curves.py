@@ -99,16 +99,10 @@ def test_tfidf_is_reproducible():
     assert len(runs[0]) == len(evals) and all(np.array_equal(runs[0], r) for r in runs[1:])
 
 
-def test_the_cells_decide_task_adaptive_training_whatever_a_recipe_block_asks(monkeypatch, tmp_path):
+def test_the_cells_decide_task_adaptive_training_whatever_a_recipe_block_asks(stated, tmp_path):
     """On a CPU where auto is fp32, Rotten Tomatoes' recipe asks for 100 adaptation steps; 100 labels are too
     few texts to adapt on, and the 1,000-label cell adapts 60 steps: each cell says so itself."""
-    from pipeline import precision
-
-    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
-    precision.cpu_bf16.cache_clear()
-    try:
-        for job in curves.plan(curves.classification_tasks(), tmp_path, seeds=1):
-            cfg = load_recipe(FinetuneConfig, f"recipes/finetune/{job.task}.yaml", job.overrides)
-            assert cfg.adapt_steps == (0 if job.labels["n"] == 100 else 60), (job.task, job.labels)
-    finally:
-        precision.cpu_bf16.cache_clear()
+    stated(False)
+    for job in curves.plan(curves.classification_tasks(), tmp_path, seeds=1):
+        cfg = load_recipe(FinetuneConfig, f"recipes/finetune/{job.task}.yaml", job.overrides)
+        assert cfg.adapt_steps == (0 if job.labels["n"] == 100 else 60), (job.task, job.labels)

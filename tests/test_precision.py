@@ -23,17 +23,6 @@ from pipeline.recipe import applied_fp32_overrides, load_recipe, load_run_config
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def stated(monkeypatch):
-    """State whether this CPU's bf16 is native, as a user who knows would."""
-    def state(native: bool) -> None:
-        monkeypatch.setenv(precision.CPU_BF16_ENV, "1" if native else "0")
-        precision.cpu_bf16.cache_clear()
-
-    yield state
-    precision.cpu_bf16.cache_clear()
-
-
 def test_auto_trains_in_bf16_only_where_the_cpu_has_it_natively(stated):
     stated(True)
     assert precision.resolve("auto", CPU).mode == "bf16"

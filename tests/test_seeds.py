@@ -104,7 +104,6 @@ def test_seed_folders(tmp_path, folders, expected):
     assert [p.name for p in report.seed_folders("sst2", "pretrained", runs)] == expected
 
 
-
 def test_scoreboard_times_include_task_adaptive_training(tmp_path):
     """A pretrained run that first adapted its body took that time too: the row shows both, the scratch row its own."""
     runs = tmp_path / "runs"
