@@ -167,11 +167,6 @@ def write_mirrors(data_dir: Path, docs: int) -> None:
         pq.write_table(validation, folder / "validation.parquet")
 
 
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=1000, help="Wikipedia articles in the 1x corpus")
@@ -182,6 +177,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(CHILDREN[a.child[0]](json.loads(a.child[1]))))
         return
+    from pipeline.machine import describe  # not at the top: the children time `import pipeline` themselves
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
     env = {**os.environ, "PIPELINE_DATA_DIR": str(tmp / "data"), "HF_DATASETS_CACHE": str(tmp / "hf"),
@@ -217,7 +213,7 @@ def main() -> None:
     text_mb = raw[1]["bytes"] / 1e6
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(), "cores": len(os.sched_getaffinity(0)), "docs_1x": a.docs,
+        "machine": describe(), "cores": len(os.sched_getaffinity(0)), "docs_1x": a.docs,
         "text_mb_1x": text_mb, "tokens_1x": stats["train"]["tokens"] + stats["eval"]["tokens"],
         "tokenize_pack_mb_s": {p: text_mb / packed[p]["seconds"] for p in (1, 2)},
         "raw_encode_mb_s": {p: raw[p]["bytes"] / 1e6 / raw[p]["seconds"] for p in (1, 2)},
@@ -251,8 +247,10 @@ def main() -> None:
 
 
 def report(r: dict) -> str:
+    from pipeline.machine import label
+
     lines = [f"# Corpus build ({r['date']})", "",
-             f"`make bench-corpus` on {r['cores']} cores of an {r['cpu_model']}, other work may share them (the raw rows show how much they gave). "
+             f"`make bench-corpus` on {r['cores']} cores of an {label(r['machine'])}, other work may share them (the raw rows show how much they gave). "
              f"1x corpus: the first {r['docs_1x']:,} Wikipedia articles and the 108 validation articles, "
              f"{r['text_mb_1x']:.1f} MB of text, {r['tokens_1x']:,} tokens (vocabulary 8192, seq_len 512; "
              "tokenizer trained on 500 documents at every size).", "",

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from pipeline.machine import describe  # noqa: E402
+from pipeline.machine import describe, label  # noqa: E402
 from pipeline.sweep import Job, parse_with_overrides, result_row, run_jobs, save_rows, study_parser  # noqa: E402
 
 # Timing only: no dev split, no checkpoints, a small eval sample, no time budget.
@@ -61,7 +61,7 @@ def write(rows: list[dict], args, report: Path) -> None:
     save_rows(report, rows, machine=machine, checkpoint=args.ckpt)
     lines = ["# Fine-tuning throughput\n",
              f"`bench/finetune_speed.py`, checkpoint `{args.ckpt}`, one run at a time on {machine['torch_threads']} "
-             f"threads; CPU: {machine['cpu_model']}. SST-2 variants train on {TEXTS:,} texts each. "
+             f"threads; CPU: {label(machine)}. SST-2 variants train on {TEXTS:,} texts each. "
              "Overall = all trained tokens / optimizer-step seconds (compilation included); steady = median "
              "of the logged windows.\n",
              "| variant | steps | tokens | overall tokens/s | steady tokens/s | s/step |",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from pipeline.config import FinetuneConfig  # noqa: E402
-from pipeline.machine import describe  # noqa: E402
+from pipeline.machine import describe, label  # noqa: E402
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, result_row, run_jobs, save_rows  # noqa: E402
 
 METHODS = {"full": [], "lora": ["finetune_method=lora"]}  # LoRA's factors at the default lora_learning_rate
@@ -88,7 +88,7 @@ def mean(rows: list[dict], key: str) -> float:
 def write(rows: list[dict], args, machine: dict, report: Path) -> None:
     lines = ["# LoRA against full fine-tuning\n",
              f"`make bench-lora` (bench/lora.py), checkpoint `{args.ckpt}`, seeds {args.seeds}, the two methods of a "
-             f"seed side by side, one thread each; CPU: {machine['cpu_model']}. LoRA: r=8, alpha=16, every linear layer "
+             f"seed side by side, one thread each; CPU: {label(machine)}. LoRA: r=8, alpha=16, every linear layer "
              f"of the blocks and the token embedding, lora_learning_rate {FinetuneConfig.lora_learning_rate}; the head "
              "and the pooling layer's attention in full. Trainable: the share of the model's own parameters. Score: accuracy, F1 for squad (mean ± sd "
              "over seeds). Memory: the process's peak RSS. Optimizer: bytes of optimizer state.\n",
@@ -139,7 +139,7 @@ def large(args) -> None:
     save_rows(report, rows, machine=machine, model=LARGE)
     lines = ["# LoRA against full fine-tuning: a ~1B model's memory\n",
              f"`make bench-lora ARGS=\"--large\"`: a Llama built from a config ({LARGE}), random weights, "
-             f"SST-2, {' '.join(LARGE_RUN)}; one run at a time; CPU: {machine['cpu_model']}.\n",
+             f"SST-2, {' '.join(LARGE_RUN)}; one run at a time; CPU: {label(machine)}.\n",
              "| method | parameters | trainable | peak RSS | optimizer state | s/step | final/ | final/adapter/ |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
-from pipeline.machine import describe  # noqa: E402
+from pipeline.machine import describe, label  # noqa: E402
 from pipeline.sweep import Job, parse_with_overrides, run_jobs, save_rows, study_parser  # noqa: E402
 
 TASK = "squad"
@@ -86,7 +86,7 @@ def curve_folder(args, n: int, init: str) -> Path:
 def markdown(rows: list[dict], args, machine: dict) -> str:
     lines = ["# SQuAD study\n",
              f"Checkpoint `{args.ckpt}`; {len(rows)} fine-tunes of `recipes/finetune/squad.yaml`, two at a time "
-             f"with one thread each, on {machine['cpu_model']}. Scored on the 1,975 validation questions "
+             f"with one thread each, on {label(machine)}. Scored on the 1,975 validation questions "
              "(EM and F1, 0–100). Minutes are optimizer-step time with other runs sharing the two cores: "
              "not a speed figure.\n"]
     sweep = [r for r in rows if r["part"] == "sweep"]

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for `pipeline`
 from peak import training_peak  # noqa: E402
 
-from pipeline.machine import describe  # noqa: E402
+from pipeline.machine import describe, label  # noqa: E402
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows  # noqa: E402
 
 RECIPE = "recipes/pretrain/cpu.yaml"
@@ -152,7 +152,7 @@ def markdown(rows: list[dict], machine: dict, minutes: float) -> str:
     peak = machine.get("matmul_gflops", machine.get("bf16_matmul_gflops"))
     peak_dtype = machine.get("matmul_peak_dtype", "bfloat16")
     lines = [f"# Scaling study: {minutes:g} minutes of training per run\n",
-             f"CPU: {machine['cpu_model']}, {machine['torch_threads']} threads, measured {peak_dtype} matmul peak "
+             f"CPU: {label(machine)}, {machine['torch_threads']} threads, measured {peak_dtype} matmul peak "
              f"{peak:.0f} GFLOP/s. Validation: the recipe's 256 blocks of 512 tokens. "
              f"Δ bits/byte against: {base['what'] if base else '—'}. "
              + (f"Bits/byte, tokens and tokens/s are means over {seeds} seeds (1337, 1338, ...); the sd and each "

@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import curves
-from pipeline.machine import describe
+from pipeline.machine import describe, label
 from pipeline.sweep import Job, mean_sd, parse_with_overrides, run_jobs, save_rows, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +140,7 @@ def write(rows: list[dict], args, report: Path) -> None:
     base = (f"`make curves`' {args.labels:,}-label cell ({' '.join(curves.BUDGET[args.labels] + curves.ALL_LABELS)}, "
             f"max_train_samples={args.labels}) plus the variant" if args.labels else
             "as it is today, plus the variant" if args.recipe else "the v1 recipe plus the variant")
-    features = ", ".join(machine.get("cpu_features") or []) or "none of the listed"
-    limits = machine.get("isa_limits") or {}
-    limited = f", kernels limited by {' '.join(f'{k}={v}' for k, v in limits.items())}" if limits else ""
-    lines = ["# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {machine['cpu_model']} "
-             f"({features}{limited}).",
+    lines = ["# Transfer study\n", f"Checkpoint `{args.ckpt}`; {args.seeds} seed(s) per cell; CPU: {label(machine)}.",
              f"Each run: the task's recipe, {base}.",
              "Accuracy and macro-F1 in points, mean ± sd over seeds; gain = pretrained − scratch. Dev is the kept "
              "weights' dev accuracy of the pretrained runs (the score to choose by: the eval split is read once). "

@@ -58,6 +58,21 @@ def describe() -> dict:
             "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
+def label(record: dict) -> str:
+    """One line naming the machine of a `describe()` record, for report headers: the GPU, or the CPU model
+    with the speed flags it reports and any ISA limits ("AMD EPYC (avx2, avx512f, avx512_bf16)"). Records
+    written before features were kept give the model name alone."""
+    if record.get("gpu"):
+        return record["gpu"]
+    name = record.get("cpu_model") or "unknown CPU"
+    if "cpu_features" not in record:
+        return name
+    features = ", ".join(record["cpu_features"]) or "none of " + ", ".join(SPEED_FLAGS[:4])
+    limits = record.get("isa_limits") or {}
+    limited = "; kernels limited by " + " ".join(f"{k}={v}" for k, v in limits.items()) if limits else ""
+    return f"{name} ({features}{limited})"
+
+
 def peak_memory(device: torch.device) -> dict:
     """The run's peak memory so far: on a GPU the most its tensors held (what a bigger batch would
     compete for), on a CPU the process's peak resident set (weights, optimizer, activations, data,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ from pipeline import curves
 
 from pipeline.baselines import MODELS as BASELINES
 from pipeline.json_files import read_json
+from pipeline.machine import label
 from pipeline.tasks import TASKS
 
 DASH = "—"
@@ -50,13 +52,31 @@ def write(runs: Path, out: Path) -> Path:
     finetune = {p.name: p for p in sorted(runs.glob("finetune/*/"))}
     lines = ["# Scoreboard", "",
              f"Measured figures are read from `{runs}/` (run.json, eval.json, metrics.jsonl, baselines/); "
-             f"{DASH} marks a run that does not exist yet.", ""]
+             f"{DASH} marks a run that does not exist yet.", ""] + _machines(pretrain, finetune)
     for section in (_pretrain_section(pretrain, out), _finetune_section(finetune, runs / "baselines", out),
                     curves.section(runs / "curves" / "curves.json", out), _anchor_section()):
         lines += section + [""]
     path = out / "scoreboard.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _machines(pretrain: dict[str, Path], finetune: dict[str, Path]) -> list[str]:
+    """One line naming what the runs' times were measured on (machine, threads, precision), from their records:
+    a scoreboard shows times, and times compare only on one machine."""
+    seen: Counter = Counter()
+    for kind, runs, record_file in (("pretraining", pretrain, "run.json"), ("fine-tuning", finetune, "eval.json")):
+        for run in runs.values():
+            record = read_json(run / record_file)
+            if record.get("machine"):
+                mode = record.get("precision", {}).get("mode")
+                mode = "fp32" if mode == "no" else mode
+                seen[(label(record["machine"]), kind, record["machine"].get("torch_threads"), mode)] += 1
+    if not seen:
+        return []
+    groups = [f"{n} {kind} run{'s' if n > 1 else ''} on {threads} thread{'s' if threads != 1 else ''} of "
+              f"{name}{f', {mode}' if mode else ''}" for (name, kind, threads, mode), n in seen.items()]
+    return [f"Measured on: {'; '.join(groups)}.", ""]
 
 
 # ---- pretraining --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The scoreboard: bars centred on their task and labelled with their value; both times in both tables."""
+"""The scoreboard: bars centred on their task and labelled with their value; both times in both tables, and the
+machine they were measured on."""
 
 from __future__ import annotations
 
@@ -58,6 +59,21 @@ def test_every_trained_row_shows_training_and_wall_time(tmp_path):
     assert "| 30s | 1m 35s |" in rows["sst2"]
     assert "| 2m 50s | 2m 57s |" in rows["squad"]
     assert (tmp_path / "reports" / "scores.png").is_file()
+    assert "Measured on:" not in text  # records without a machine (older runs) claim none
+
+
+def test_the_scoreboard_names_the_machine_its_times_were_measured_on(tmp_path):
+    zen4 = {"cpu_model": "AMD EPYC", "cpu_features": ["avx2", "avx512f", "avx512_bf16"], "isa_limits": {}, "gpu": None}
+    runs = tmp_path / "runs"
+    _write(runs / "pretrain" / "cpu" / "run.json", {"train_seconds": 60, "machine": {**zen4, "torch_threads": 2},
+                                                     "precision": {"mode": "bf16"}})
+    for name in ("sst2", "sst2-scratch", "trec"):
+        _write(runs / "finetune" / name / "eval.json",
+               {"task": name.split("-")[0], "train_seconds": 30, "machine": {**zen4, "torch_threads": 1},
+                "precision": {"mode": "no"}, "evaluation": {"examples": 872, "metrics": {"accuracy": 0.8, "f1": 0.8}}})
+    text = report.write(runs, tmp_path / "reports").read_text()
+    assert ("Measured on: 1 pretraining run on 2 threads of AMD EPYC (avx2, avx512f, avx512_bf16), bf16; "
+            "3 fine-tuning runs on 1 thread of AMD EPYC (avx2, avx512f, avx512_bf16), fp32.") in text.splitlines()
 
 
 def test_published_figures_note_the_ag_news_sample_the_recipe_takes():

@@ -68,6 +68,18 @@ def test_the_machine_record_names_the_cpu_features_and_isa_limits(monkeypatch):
     assert machine.describe()["isa_limits"] == {"ATEN_CPU_CAPABILITY": "avx2"}
 
 
+def test_the_machine_label_tells_cpus_of_one_name_apart():
+    """Report headers name the machine by `label`: the features and ISA limits, not "AMD EPYC" alone."""
+    zen4 = {"cpu_model": "AMD EPYC", "cpu_features": ["avx2", "avx512f", "avx512_bf16"], "isa_limits": {}, "gpu": None}
+    assert machine.label(zen4) == "AMD EPYC (avx2, avx512f, avx512_bf16)"
+    standin = {**zen4, "isa_limits": {"ATEN_CPU_CAPABILITY": "avx2"}}
+    assert machine.label(standin) == "AMD EPYC (avx2, avx512f, avx512_bf16; kernels limited by ATEN_CPU_CAPABILITY=avx2)"
+    assert machine.label({**zen4, "cpu_features": []}) == "AMD EPYC (none of avx2, avx512f, avx512_bf16, amx_bf16)"
+    assert machine.label({"cpu_model": "AMD EPYC", "torch_threads": 2, "gpu": None}) == "AMD EPYC"  # an older record
+    assert machine.label({**zen4, "gpu": "NVIDIA H200"}) == "NVIDIA H200"
+    assert machine.label(machine.describe()).startswith(machine.accelerator_name())
+
+
 def test_cpu_features_read_x86_flags_and_arm_features():
     """x86 lists its features under "flags", Linux on Arm under "Features"; a feature is a whole word."""
     x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512vl\n"
