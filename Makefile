@@ -58,7 +58,7 @@ pretrain:  ## pretrain a causal LM: RECIPE (default recipes/pretrain/cpu.yaml), 
 	$(LAUNCH) pipeline pretrain --recipe $(or $(RECIPE),recipes/pretrain/cpu.yaml) $(call opt,--out,$(OUT)) $(ARGS)
 
 finetune:  ## fine-tune TASK=... from CKPT (default runs/pretrain/cpu/final); init=scratch in ARGS for the control
-	$(LAUNCH) pipeline finetune --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--recipe,$(RECIPE)) $(call opt,--out,$(OUT)) $(ARGS)
+	$(LAUNCH) pipeline finetune --task "$(TASK)" $(call opt,--ckpt,$(CKPT)) $(call opt,--recipe,$(RECIPE)) $(call opt,--out,$(OUT)) $(ARGS)
 
 evaluate:  ## evaluate every run that changed, then write the scoreboard to REPORT (runs/reports)
 	$(PY) -m pipeline evaluate $(call opt,--ckpt,$(CKPT)) --report $(REPORT)
@@ -68,7 +68,7 @@ report-results:  ## the scoreboard and plots into the committed reports/
 	$(PY) -m pipeline evaluate --report reports
 
 probe:  ## linear probes on frozen hidden states of TASK=..., checkpoint against random init
-	$(PY) -m pipeline probe --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
+	$(PY) -m pipeline probe --task "$(TASK)" $(call opt,--ckpt,$(CKPT)) $(call opt,--out,$(OUT)) $(ARGS)
 
 # Sample efficiency (issue: pretraining must pay off): each classification task at 100 and 1,000
 # labels, pretrained and scratch, 3 seeds, TF-IDF on the same examples; then the scoreboard.
@@ -77,7 +77,7 @@ curves:  ## sample efficiency: 100 and 1,000 labels x 3 seeds, pretrained, scrat
 	$(PY) -m pipeline evaluate --report $(REPORT)
 
 predict:  ## TASK=... TEXT="..." (or QUESTION=... CONTEXT=...) with the task's fine-tuned model
-	$(PY) -m pipeline predict --task $(TASK) $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")
+	$(PY) -m pipeline predict --task "$(TASK)" $(call opt,--ckpt,$(CKPT)) $(if $(TEXT),--text "$(TEXT)") $(if $(QUESTION),--question "$(QUESTION)" --context "$(CONTEXT)")
 
 generate:  ## PROMPT="...": sample a continuation from the pretrained model
 	$(PY) -m pipeline generate --prompt "$(PROMPT)" $(call opt,--ckpt,$(CKPT))

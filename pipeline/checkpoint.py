@@ -266,6 +266,15 @@ def default_pretrained() -> Path:
     return DEFAULT_PRETRAINED
 
 
+def default_finetuned(task: str) -> Path:
+    """What `make finetune TASK=<task>` writes: the model `make predict` answers with, without --ckpt."""
+    folder = Path("runs/finetune") / task / FINAL
+    if not (folder / "config.json").is_file():
+        raise PipelineError(f"no fine-tuned model at {folder}, where make finetune TASK={task} writes it: run "
+                            f"make finetune TASK={task} first, or pass --ckpt (make CKPT=<folder>)")
+    return folder
+
+
 def announce_checkpoint(given: str | Path | None, default) -> Path:
     """The checkpoint a stage works from (`given`, else `default()`), said in the stage's first line."""
     folder = Path(given) if given else default()

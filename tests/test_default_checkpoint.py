@@ -33,3 +33,12 @@ def test_the_default_is_make_pretrains_run_not_the_newest(tiny_pretrain, tmp_pat
     chosen = run_in(tmp_path, "generate", "--prompt", "The history of", "--ckpt", "runs/pretrain/cpu-seed2/final")
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert chosen.stdout.splitlines()[0] == "checkpoint: runs/pretrain/cpu-seed2/final"
+
+
+def test_predict_without_a_fine_tuned_run_names_the_command_that_makes_one(tmp_path):
+    missing = run_in(tmp_path, "predict", "--task", "sst2", "--text", "a gripping film")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("error: no fine-tuned model at runs/finetune/sst2/final, where make finetune "
+                                      "TASK=sst2 writes it: run make finetune TASK=sst2 first, or pass --ckpt "
+                                      "(make CKPT=<folder>)")
+    assert not (tmp_path / "runs").exists()

@@ -72,3 +72,13 @@ def test_make_with_no_target_lists_every_target_with_its_line():
     phony = re.search(r"^\.PHONY: (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
     assert sorted(listed) == sorted(phony)  # every target, each once, with its own line
     assert all(text.strip() for text in listed.values())
+
+
+@pytest.mark.parametrize("target", ["finetune", "probe", "predict"])
+def test_a_task_target_without_task_names_the_tasks(target):
+    result = _make(target)
+    assert result.returncode == 2
+    first, last = result.stderr.strip().splitlines()
+    assert first == ("error: no task given: pass --task (make TASK=...), one of sst2, rotten_tomatoes, imdb, ag_news, "
+                     "trec, emotion, squad")
+    assert re.search(rf"make: \*\*\* \[Makefile:\d+: {target}\] Error 2$", last)

@@ -15,7 +15,7 @@ import torch
 import yaml
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from pipeline.checkpoint import inspect_model_folder, load_tokenizer, load_weights, model_kind
+from pipeline.checkpoint import default_finetuned, inspect_model_folder, load_tokenizer, load_weights, model_kind
 from pipeline.errors import PipelineError
 from pipeline.tasks import get_task
 from pipeline.tasks.qa import Answer, postprocess_with_scores, prepare_eval_features
@@ -26,7 +26,7 @@ QA_DEFAULTS = {"max_length": 384, "doc_stride": 128, "n_best": 20, "max_answer_l
 
 def run(task_name: str, ckpt: str | None, text: str | None, question: str | None, context: str | None) -> None:
     task = get_task(task_name)
-    folder = Path(ckpt) if ckpt else Path("runs/finetune") / task.name / "final"
+    folder = Path(ckpt) if ckpt else default_finetuned(task.name)
     config = inspect_model_folder(folder)
     kind = model_kind(config)
     if kind != task.model_kind:

@@ -24,6 +24,8 @@ TASKS = {
 
 
 def get_task(name: str):
+    if not name:  # `make finetune` without TASK=...
+        raise PipelineError(f"no task given: pass --task (make TASK=...), one of {', '.join(TASKS)}")
     if name not in TASKS:
         raise PipelineError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
     return TASKS[name]
