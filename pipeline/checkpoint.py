@@ -257,21 +257,24 @@ def load_weights(path: Path, model_class, config, **kwargs):
 # What `make pretrain` (recipes/pretrain/cpu.yaml) writes: the checkpoint a stage uses without --ckpt. Never
 # "the newest run": a study's checkpoint (cpu-seed2, cpu-v4096) would be picked up the moment it is newer.
 DEFAULT_PRETRAINED = Path("runs/pretrain/cpu") / FINAL
+# Where `make finetune TASK=<task>` writes (<task>, or <task>-scratch for the control).
+FINETUNE_ROOT = Path("runs/finetune")
 
 
 def default_pretrained() -> Path:
-    if not (DEFAULT_PRETRAINED / "config.json").is_file():
-        raise PipelineError(f"no checkpoint at {DEFAULT_PRETRAINED}, where make pretrain writes it: run make pretrain "
-                            "first, or pass --ckpt (make CKPT=<folder>)")
-    return DEFAULT_PRETRAINED
+    return _made_by(DEFAULT_PRETRAINED, "no checkpoint", "make pretrain")
 
 
 def default_finetuned(task: str) -> Path:
     """What `make finetune TASK=<task>` writes: the model `make predict` answers with, without --ckpt."""
-    folder = Path("runs/finetune") / task / FINAL
+    return _made_by(FINETUNE_ROOT / task / FINAL, "no fine-tuned model", f"make finetune TASK={task}")
+
+
+def _made_by(folder: Path, what: str, command: str) -> Path:
+    """`folder` if the make command that writes it has run, else one line naming that command."""
     if not (folder / "config.json").is_file():
-        raise PipelineError(f"no fine-tuned model at {folder}, where make finetune TASK={task} writes it: run "
-                            f"make finetune TASK={task} first, or pass --ckpt (make CKPT=<folder>)")
+        raise PipelineError(f"{what} at {folder}, where {command} writes it: run {command} first, or pass --ckpt "
+                            "(make CKPT=<folder>)")
     return folder
 
 

@@ -122,11 +122,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         cfg = load_recipe(PretrainConfig, args.recipe, args.overrides)
         pretrain.run(cfg, Path(args.out) if args.out else Path("runs/pretrain") / cfg.name)
     elif args.stage == "finetune":
+        from pipeline.checkpoint import FINETUNE_ROOT
         from pipeline.stages import finetune
 
         task, cfg, ckpt = _task_recipe(args)
         suffix = "-scratch" if cfg.init == "scratch" else ""
-        finetune.run(task.name, cfg, ckpt, Path(args.out) if args.out else Path("runs/finetune") / f"{task.name}{suffix}")
+        finetune.run(task.name, cfg, ckpt, Path(args.out) if args.out else FINETUNE_ROOT / f"{task.name}{suffix}")
     elif args.stage == "probe":
         from pipeline.stages import probe
 

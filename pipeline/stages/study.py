@@ -11,12 +11,12 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from pipeline.checkpoint import FINETUNE_ROOT
 from pipeline.sweep import PYTHON_M, Job, launch_jobs
 from pipeline.tasks import TASKS
 
 PRETRAIN_RECIPE = "recipes/pretrain/cpu.yaml"
 PRETRAIN_OUT = Path("runs/pretrain/cpu")
-FINETUNE_ROOT = Path("runs/finetune")
 
 
 def plan(seeds: list[int]) -> list[Job]:
