@@ -82,6 +82,20 @@ def test_unchanged_checkpoints_are_skipped(evaluated):
     assert after == evaluated.before and len(after) == 4
 
 
+def test_a_run_scored_by_an_older_decoding_is_scored_again(evaluated, tmp_path):
+    # A SQuAD run whose eval.json predates whole-word spans: same weights, but scored the old way.
+    runs = tmp_path / "runs"
+    shutil.copytree(evaluated.runs / "finetune/squad", runs / "finetune/squad")
+    record = _eval(runs / "finetune/squad")
+    assert record["evaluation"]["scoring"] == "whole-word spans"
+    del record["evaluation"]["scoring"]
+    (runs / "finetune/squad/eval.json").write_text(json.dumps(record))
+    again = run_cli("evaluate", "--runs", runs, "--report", tmp_path / "reports")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "up to date" not in again.stdout and "finetune/squad: exact_match" in again.stdout
+    assert _eval(runs / "finetune/squad")["evaluation"]["scoring"] == "whole-word spans"
+
+
 def test_tfidf_beats_majority_on_sst2(evaluated):
     baseline = json.loads((evaluated.runs / "baselines/sst2.json").read_text())
     # The whole train split, and the same 64 evaluation examples as the fine-tuned runs.

@@ -2,8 +2,9 @@
 
 eval.json sits in the run folder, beside final/. Fine-tuning writes it first (task, init,
 training metrics and times); this stage keeps those fields and adds an `evaluation` block:
-the metrics measured here, with the fingerprint of the weights they were measured on. A run
-whose fingerprint still matches is skipped, so evaluating everything again is cheap.
+the metrics measured here, with the fingerprint of the weights they were measured on and the task's
+`scoring` (how its predictions are decoded). A run whose fingerprint and scoring still match is
+skipped, so evaluating everything again is cheap, and a change to a task's decoding re-scores old runs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
         final = run_dir / FINAL
         if not (final / "config.json").is_file():
             print(f"{run_dir}: not finished (no final/), skipped")
-        elif read_json(run_dir / EVAL_FILE).get("evaluation", {}).get("fingerprint") == fingerprint(final):
+        elif _up_to_date(read_json(run_dir / EVAL_FILE), final):
             print(f"{run_dir}: eval.json is up to date, skipped")
         else:
             evaluate(final)
@@ -52,6 +53,13 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
     for name, cfg in sorted(tuned.items()):
         baselines.run(name, runs / "baselines", cfg.max_eval_samples, cfg.seed)
     print(f"wrote {report.write(runs, report_dir)}")
+
+
+def _up_to_date(record: dict, final: Path) -> bool:
+    """The run's last evaluation measured these weights, scored as its task scores today."""
+    evaluation = record.get("evaluation", {})
+    scoring = TASKS[record["task"]].scoring if record.get("task") in TASKS else ""
+    return evaluation.get("fingerprint") == fingerprint(final) and evaluation.get("scoring", "") == scoring
 
 
 def evaluate(folder: Path) -> dict:
@@ -67,10 +75,12 @@ def evaluate(folder: Path) -> dict:
     if kind == "causal_lm":
         record.setdefault("kind", "pretrain")
         evaluation = _evaluate_lm(folder, run_dir)
+        scoring = ""
     else:
         evaluation = _evaluate_task(folder, run_dir, config, kind, record)
+        scoring = get_task(record["task"]).scoring
     record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
-                            **evaluation, "seconds": time.time() - started}
+                            "scoring": scoring, **evaluation, "seconds": time.time() - started}
     write_json(run_dir / EVAL_FILE, record)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["metrics"].items() if isinstance(v, float))
     print(f"{run_dir}: {shown} → {run_dir / EVAL_FILE}")

@@ -130,7 +130,8 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         "machine": machine.describe(),  # the times compare only on one machine
         # The last evaluation measured exactly these weights: `make evaluate` skips them until they change.
         "evaluation": {"model": str(out / checkpoint.FINAL), "model_kind": task.model_kind,
-                       "fingerprint": checkpoint.fingerprint(out / checkpoint.FINAL), "dataset": hub_id, "split": eval_split,
+                       "fingerprint": checkpoint.fingerprint(out / checkpoint.FINAL), "scoring": task.scoring,
+                       "dataset": hub_id, "split": eval_split,
                        **eval_info, "metrics": metrics, "precision": trained_in.mode},
     }
     if acc.is_main_process:

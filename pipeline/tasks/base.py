@@ -25,6 +25,9 @@ class Task:
     text_column: str = "text"  # the input text (QA: the context), what task-adaptive LM training reads
     headline: ClassVar[str] = "accuracy"  # the metric early stopping and the scoreboard rank by
     dev_group: ClassVar[str | None] = None  # a column whose groups the dev split takes whole (None: rows)
+    # Names how predictions are decoded and scored; a change to it makes `make evaluate` score old runs again,
+    # whose weights have not changed ("" = as first written).
+    scoring: ClassVar[str] = ""
 
     def unlabelled_texts(self, rows: datasets.Dataset) -> list[str]:
         """The distinct input texts of `rows`, labels dropped: all that task-adaptive LM training sees."""

@@ -1,0 +1,116 @@
+"""SQuAD decoding: the same fine-tuned weights, their spans read two ways.
+
+Each run's model goes over its evaluation windows once, in fp32 as `make evaluate` runs it, and its
+start/end logits are decoded:
+
+- **token edges**: the span runs from its first token's start to its last token's end, as the
+  project decoded it before whole-word spans (a word the tokenizer cut can end up half in it);
+- **whole words** (the default): the span takes in the rest of any word it starts or ends inside;
+- whole words with a shorter `max_answer_length`, for information only: the recipe keeps 30, since
+  choosing it on the evaluation split would tune on the test data.
+
+Every run shares the checkpoint's tokenizer, so its windows are the same; only the decoding differs.
+
+    .venv/bin/python bench/qa_decoding.py                       # every runs/finetune/squad* run
+    .venv/bin/python bench/qa_decoding.py runs/finetune/squad runs/finetune/squad-scratch
+
+Writes reports/bench/qa_decoding.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PIPELINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from accelerate import Accelerator  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline import machine  # noqa: E402
+from pipeline.checkpoint import CONFIG_FILE, EVAL_FILE, FINAL, load_tokenizer, load_weights, inspect_model_folder  # noqa: E402
+from pipeline.config import FinetuneConfig  # noqa: E402
+from pipeline.inference import run_model  # noqa: E402
+from pipeline.json_files import read_json, write_json  # noqa: E402
+from pipeline.metrics import load_metric  # noqa: E402
+from pipeline.recipe import load_run_config  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.tasks.qa import postprocess_with_scores  # noqa: E402
+
+DECODINGS = {  # name: postprocess_with_scores keywords (n_best stays the run's)
+    "token edges": {"whole_words": False},
+    "whole words": {"whole_words": True},
+    "whole words, max_answer_length 20": {"whole_words": True, "max_answer_length": 20},
+    "whole words, max_answer_length 15": {"whole_words": True, "max_answer_length": 15},
+}
+
+
+def score_run(run_dir: Path, accelerator: Accelerator) -> dict:
+    folder = run_dir / FINAL
+    config = inspect_model_folder(folder)
+    cfg = load_run_config(FinetuneConfig, run_dir / CONFIG_FILE)
+    task = get_task(read_json(run_dir / EVAL_FILE)["task"])
+    hub_id, split, rows = task.load(cfg, "eval")
+    tokenizer = load_tokenizer(folder, config)
+    model = load_weights(folder, task.head, config).to(accelerator.device)
+    features, _ = task.preprocess(rows, tokenizer, cfg, hub_id, split, [], False)
+    logits = run_model(model, features, task.collator(tokenizer), accelerator, cfg.micro_batch_size * 2,
+                       outputs=("start_logits", "end_logits"), per_token=True)
+    references = [{"id": i, "answers": a} for i, a in zip(rows["id"], rows["answers"])]
+    scores = {}
+    for name, options in DECODINGS.items():
+        options = {"n_best": cfg.n_best, "max_answer_length": cfg.max_answer_length, **options}
+        answers = postprocess_with_scores(rows, features, logits["start_logits"], logits["end_logits"], **options)
+        metric = load_metric("squad").compute(
+            predictions=[{"id": k, "prediction_text": a.text} for k, a in answers.items()], references=references)
+        scores[name] = {"f1": metric["f1"], "exact_match": metric["exact_match"]}
+    return {"run": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+            "init": cfg.init, "seed": cfg.seed, "examples": len(rows), "scores": scores}
+
+
+def write_report(records: list[dict], path: Path) -> None:
+    described = machine.describe()
+    write_json(path.with_suffix(".json"), {"machine": described, "date": datetime.date.today().isoformat(),
+                                           "runs": records})
+    names = list(DECODINGS)
+    lines = ["# SQuAD decoding: token edges against whole-word spans", "",
+             f"Machine: {machine.label(described)}. Command: `.venv/bin/python bench/qa_decoding.py`. "
+             "The same weights per row, scored in fp32 on the evaluation split; F1 / EM.", "",
+             "| run | init | seed | " + " | ".join(names) + " | Δ F1 / EM (whole words − token edges) |",
+             "|---|---|---:|" + "---:|" * len(names) + "---:|"]
+    for r in records:
+        s = r["scores"]
+        cells = [f"{s[n]['f1']:.2f} / {s[n]['exact_match']:.2f}" for n in names]
+        delta = (f"{s['whole words']['f1'] - s['token edges']['f1']:+.2f} / "
+                 f"{s['whole words']['exact_match'] - s['token edges']['exact_match']:+.2f}")
+        lines.append(f"| {r['run']} | {r['init']} | {r['seed']} | " + " | ".join(cells) + f" | {delta} |")
+    gains = [r["scores"]["whole words"]["f1"] - r["scores"]["token edges"]["f1"] for r in records]
+    lines += ["", f"Whole words against token edges: F1 {sum(gains) / len(gains):+.2f} on average over "
+              f"{len(records)} runs (from {min(gains):+.2f} to {max(gains):+.2f})."]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="*", type=Path, help="SQuAD run folders (default: runs/finetune/squad*)")
+    p.add_argument("--report", type=Path, default=ROOT / "reports" / "bench" / "qa_decoding")
+    args = p.parse_args()
+    runs = args.runs or sorted(p.parent for p in (ROOT / "runs" / "finetune").glob("squad*/final/config.json"))
+    runs = [r.resolve() for r in runs]
+    if not runs:
+        sys.exit("no SQuAD runs: make finetune TASK=squad first (and ARGS=\"init=scratch\" for the control)")
+    accelerator = Accelerator(mixed_precision="no")
+    records = [score_run(r, accelerator) for r in tqdm(runs, desc="runs")]
+    write_report(records, args.report)
+    print(args.report.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
