@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure  # no pyplot: no global state, renders with Agg
 
 from pipeline import curves
 
 from pipeline.baselines import MODELS as BASELINES
-from pipeline.json_files import read_json
+from pipeline.json_files import read_json, write_json
 from pipeline.machine import label
 from pipeline.tasks import TASKS
 
@@ -56,9 +57,37 @@ def write(runs: Path, out: Path) -> Path:
     for section in (_pretrain_section(pretrain, out), _finetune_section(finetune, runs / "baselines", out),
                     curves.section(runs / "curves" / "curves.json", out), _anchor_section()):
         lines += section + [""]
+    lines += [f"Every run's own figures (its steps, times, precision, machine and metrics): `{RUNS_FILE}`.", ""]
+    write_json(out / RUNS_FILE, _run_records(pretrain, finetune))
     path = out / "scoreboard.md"
     path.write_text("\n".join(lines))
     return path
+
+
+RUNS_FILE = "runs.json"
+RUN_FIELDS = ("steps", "tokens", "tokens_per_s", "train_seconds", "wall_seconds", "budget", "precision",
+              "fp32_overrides", "machine")
+
+
+def _run_records(pretrain: dict[str, Path], finetune: dict[str, Path]) -> dict:
+    """Each run's record behind the tables, so a committed scoreboard keeps its per-run figures: the training
+    fields of run.json (pretraining) or eval.json (fine-tuning), and the last evaluation's metrics."""
+    records = {"pretrain": {}, "finetune": {}}
+    for name, run in pretrain.items():
+        trained, evaluated = read_json(run / "run.json"), read_json(run / "eval.json")
+        records["pretrain"][name] = {**{k: trained[k] for k in RUN_FIELDS if k in trained},
+                                     "metrics": evaluated.get("evaluation", {}).get("metrics", trained.get("eval"))}
+    for name, run in finetune.items():
+        record = read_json(run / "eval.json")
+        if "task" not in record:
+            continue
+        evaluation = record.get("evaluation", {})
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        records["finetune"][name] = {"task": record["task"], "init": record.get("init"), "seed": config.get("seed"),
+                                     **{k: record[k] for k in RUN_FIELDS if k in record},
+                                     "eval_examples": evaluation.get("examples"), "scoring": evaluation.get("scoring"),
+                                     "metrics": evaluation.get("metrics", record.get("metrics"))}
+    return records
 
 
 def _machines(pretrain: dict[str, Path], finetune: dict[str, Path]) -> list[str]:

@@ -118,6 +118,13 @@ def test_report_tables_gain_baselines_and_plots(evaluated):
     f1 = _eval(evaluated.runs / "finetune/squad")["evaluation"]["metrics"]["f1"]
     assert f"| squad | pretrained | {f1:.1f} |" in text
     assert "| imdb | — | — |" in text  # not fine-tuned yet
+    # Every run's own figures beside the tables: what a committed scoreboard keeps of its runs.
+    records = json.loads((evaluated.reports / "runs.json").read_text())
+    assert records["finetune"]["sst2"]["metrics"]["accuracy"] * 100 == pytest.approx(pre)
+    assert (records["finetune"]["sst2-scratch"]["init"], records["finetune"]["sst2-scratch"]["seed"]) == ("scratch", 1337)
+    assert records["finetune"]["squad"]["scoring"] == "whole-word spans" and records["finetune"]["squad"]["steps"] > 0
+    assert records["pretrain"]["tiny"]["metrics"]["loss"] == loss and records["pretrain"]["tiny"]["tokens"] > 0
+    assert "`runs.json`" in text
     anchors = text[text.index("## Published reference figures"):]
     assert "| sst2 | BERT-base (cased) | accuracy | 92.3 |" in anchors and "8,000-row sample" in anchors
     for name in ("pretrain_loss.png", "finetune_loss.png", "scores.png"):
