@@ -37,14 +37,11 @@ from tqdm import tqdm  # noqa: E402
 from pipeline import machine  # noqa: E402
 from pipeline.checkpoint import CONFIG_FILE, EVAL_FILE, FINAL, load_tokenizer, load_weights, inspect_model_folder  # noqa: E402
 from pipeline.config import FinetuneConfig  # noqa: E402
-from pipeline.inference import run_model  # noqa: E402
 from pipeline.json_files import read_json, write_json  # noqa: E402
-from pipeline.metrics import load_metric  # noqa: E402
 from pipeline.recipe import load_run_config  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
-from pipeline.tasks.qa import postprocess_with_scores  # noqa: E402
 
-DECODINGS = {  # name: postprocess_with_scores keywords (n_best stays the run's)
+DECODINGS = {  # name: postprocess_with_scores keywords in place of the run's (ExtractiveQA.score)
     "token edges": {"whole_words": False},
     "whole words": {"whole_words": True},
     "whole words, max_answer_length 20": {"whole_words": True, "max_answer_length": 20},
@@ -61,15 +58,10 @@ def score_run(run_dir: Path, accelerator: Accelerator) -> dict:
     tokenizer = load_tokenizer(folder, config)
     model = load_weights(folder, task.head, config).to(accelerator.device)
     features, _ = task.preprocess(rows, tokenizer, cfg, hub_id, split, [], False)
-    logits = run_model(model, features, task.collator(tokenizer), accelerator, cfg.micro_batch_size * 2,
-                       outputs=("start_logits", "end_logits"), per_token=True)
-    references = [{"id": i, "answers": a} for i, a in zip(rows["id"], rows["answers"])]
+    logits = task.span_logits(model, features, accelerator, cfg, tokenizer)
     scores = {}
-    for name, options in DECODINGS.items():
-        options = {"n_best": cfg.n_best, "max_answer_length": cfg.max_answer_length, **options}
-        answers = postprocess_with_scores(rows, features, logits["start_logits"], logits["end_logits"], **options)
-        metric = load_metric("squad").compute(
-            predictions=[{"id": k, "prediction_text": a.text} for k, a in answers.items()], references=references)
+    for name, decoding in DECODINGS.items():
+        metric, _ = task.score(rows, features, logits, cfg, **decoding)
         scores[name] = {"f1": metric["f1"], "exact_match": metric["exact_match"]}
     return {"run": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
             "init": cfg.init, "seed": cfg.seed, "examples": len(rows), "scores": scores}

@@ -55,11 +55,15 @@ def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
     print(f"wrote {report.write(runs, report_dir)}")
 
 
+def _scoring(record: dict) -> str:
+    """How the run's task decodes and scores predictions today ("" for a language model)."""
+    return TASKS[record["task"]].scoring if record.get("task") in TASKS else ""
+
+
 def _up_to_date(record: dict, final: Path) -> bool:
     """The run's last evaluation measured these weights, scored as its task scores today."""
     evaluation = record.get("evaluation", {})
-    scoring = TASKS[record["task"]].scoring if record.get("task") in TASKS else ""
-    return evaluation.get("fingerprint") == fingerprint(final) and evaluation.get("scoring", "") == scoring
+    return evaluation.get("fingerprint") == fingerprint(final) and evaluation.get("scoring", "") == _scoring(record)
 
 
 def evaluate(folder: Path) -> dict:
@@ -75,12 +79,10 @@ def evaluate(folder: Path) -> dict:
     if kind == "causal_lm":
         record.setdefault("kind", "pretrain")
         evaluation = _evaluate_lm(folder, run_dir)
-        scoring = ""
     else:
         evaluation = _evaluate_task(folder, run_dir, config, kind, record)
-        scoring = get_task(record["task"]).scoring
     record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
-                            "scoring": scoring, **evaluation, "seconds": time.time() - started}
+                            "scoring": _scoring(record), **evaluation, "seconds": time.time() - started}
     write_json(run_dir / EVAL_FILE, record)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["metrics"].items() if isinstance(v, float))
     print(f"{run_dir}: {shown} → {run_dir / EVAL_FILE}")

@@ -330,10 +330,19 @@ class ExtractiveQA(Task):
 
     def evaluate(self, model, rows, features, accelerator, cfg: FinetuneConfig, tokenizer,
                  label_names: list[str]) -> tuple[dict, dict]:
-        logits = run_model(model, features, self.collator(tokenizer), accelerator, cfg.micro_batch_size * 2,
-                           outputs=("start_logits", "end_logits"), per_token=True)
-        predictions = postprocess_predictions(rows, features, logits["start_logits"], logits["end_logits"],
-                                              cfg.n_best, cfg.max_answer_length)
+        return self.score(rows, features, self.span_logits(model, features, accelerator, cfg, tokenizer), cfg)
+
+    def span_logits(self, model, features, accelerator, cfg: FinetuneConfig, tokenizer) -> dict[str, list]:
+        """start_logits and end_logits of every window, in the features' order."""
+        return run_model(model, features, self.collator(tokenizer), accelerator, cfg.micro_batch_size * 2,
+                         outputs=("start_logits", "end_logits"), per_token=True)
+
+    def score(self, rows, features, logits: dict[str, list], cfg: FinetuneConfig, **decoding) -> tuple[dict, dict]:
+        """SQuAD EM/F1 of the spans decoded from `logits` (`decoding`: postprocess_with_scores's own keywords,
+        e.g. whole_words=False, in place of the run's), and the predictions."""
+        decoding = {"n_best": cfg.n_best, "max_answer_length": cfg.max_answer_length, **decoding}
+        answers = postprocess_with_scores(rows, features, logits["start_logits"], logits["end_logits"], **decoding)
+        predictions = {example_id: answer.text for example_id, answer in answers.items()}
         metric = load_metric("squad").compute(
             predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
             references=[{"id": i, "answers": a} for i, a in zip(rows["id"], rows["answers"])],
