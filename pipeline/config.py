@@ -252,9 +252,6 @@ class FinetuneConfig(TrainConfig):
     n_best: int = 20
     max_answer_length: int = 30
     group_by_length: bool = True
-    # Attention that reads both ways in the fine-tuned model (config.json's is_causal: false), so a token also
-    # sees the words after it: pipeline/bidirectional.py. The body was pretrained causally either way.
-    bidirectional: bool = False
     pooling: str = "last"  # classification: the last token's state, or the mean over the text (pipeline/pooling.py)
     # Early stopping: a seeded share of the training sample becomes the dev split; it is evaluated every
     # eval_steps, training stops after `early_stopping_patience` evaluations without a better score, and

@@ -20,16 +20,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pipeline import bidirectional as bidirectional_attention
 from pipeline.attention import attn_implementation_for
 from pipeline.checkpoint import inspect_model_folder, load_tokenizer, model_kind
 from pipeline.errors import PipelineError
 
 
-def load_head(ckpt: str | Path, head_class, init: str, seed: int, attn_implementation: str,
-              bidirectional: bool = False, **head_config):
-    """(model, tokenizer): `head_class` on the causal LM in `ckpt`, pretrained or freshly initialised;
-    with `bidirectional`, its attention reads both ways (pipeline/bidirectional.py)."""
+def load_head(ckpt: str | Path, head_class, init: str, seed: int, attn_implementation: str, **head_config):
+    """(model, tokenizer): `head_class` on the causal LM in `ckpt`, pretrained or freshly initialised."""
     ckpt = Path(ckpt)
     config = inspect_model_folder(ckpt)
     kind = model_kind(config)
@@ -43,14 +40,10 @@ def load_head(ckpt: str | Path, head_class, init: str, seed: int, attn_implement
     tokenizer = load_tokenizer(ckpt, config)
     _set_pad_token(tokenizer, ckpt)
     config = AutoConfig.from_pretrained(ckpt, pad_token_id=tokenizer.pad_token_id, **head_config)
-    if bidirectional:
-        bidirectional_attention.enable(config)
     torch.manual_seed(seed)  # the head (and, for init=scratch, the body) start from seeded random weights
     model = head_class.from_config(config, attn_implementation=attn_implementation_for(config, attn_implementation))
     if init == "pretrained":
         load_body(model, ckpt, config)
-    if bidirectional:
-        bidirectional_attention.check(model)
     return model, tokenizer
 
 

@@ -53,7 +53,7 @@ def run(task_name: str, cfg: FinetuneConfig, ckpt: Path, out: Path) -> dict:
         with acc.main_process_first():
             body = adapt.adapt_body(task.unlabelled_texts(train_rows), cfg, ckpt, out / checkpoint.ADAPT_DIR,
                               log=acc.print)
-    model, tokenizer = load_head(body, task.head, cfg.init, cfg.seed, cfg.attn_implementation, cfg.bidirectional,
+    model, tokenizer = load_head(body, task.head, cfg.init, cfg.seed, cfg.attn_implementation,
                                  **task.head_config(labels))
     with acc.main_process_first():
         train_features, train_info = task.preprocess(train_rows, tokenizer, cfg, hub_id, train_split, labels, True)
