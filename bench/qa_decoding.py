@@ -35,11 +35,9 @@ from accelerate import Accelerator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import machine  # noqa: E402
-from pipeline.checkpoint import CONFIG_FILE, EVAL_FILE, FINAL, load_tokenizer, load_weights, inspect_model_folder  # noqa: E402
-from pipeline.config import FinetuneConfig  # noqa: E402
+from pipeline.checkpoint import EVAL_FILE, FINAL, inspect_model_folder, model_kind  # noqa: E402
 from pipeline.json_files import read_json, write_json  # noqa: E402
-from pipeline.recipe import load_run_config  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from pipeline.stages.evaluate import load_task_run  # noqa: E402  (the checks and loading make evaluate does)
 
 DECODINGS = {  # name: postprocess_with_scores keywords in place of the run's (ExtractiveQA.score)
     "token edges": {"whole_words": False},
@@ -52,19 +50,14 @@ DECODINGS = {  # name: postprocess_with_scores keywords in place of the run's (E
 def score_run(run_dir: Path, accelerator: Accelerator) -> dict:
     folder = run_dir / FINAL
     config = inspect_model_folder(folder)
-    cfg = load_run_config(FinetuneConfig, run_dir / CONFIG_FILE)
-    task = get_task(read_json(run_dir / EVAL_FILE)["task"])
-    hub_id, split, rows = task.load(cfg, "eval")
-    tokenizer = load_tokenizer(folder, config)
-    model = load_weights(folder, task.head, config).to(accelerator.device)
-    features, _ = task.preprocess(rows, tokenizer, cfg, hub_id, split, [], False)
-    logits = task.span_logits(model, features, accelerator, cfg, tokenizer)
+    run = load_task_run(folder, run_dir, config, model_kind(config), read_json(run_dir / EVAL_FILE))
+    logits = run.task.span_logits(run.model.to(accelerator.device), run.features, accelerator, run.cfg, run.tokenizer)
     scores = {}
     for name, decoding in DECODINGS.items():
-        metric, _ = task.score(rows, features, logits, cfg, **decoding)
+        metric, _ = run.task.score(run.rows, run.features, logits, run.cfg, **decoding)
         scores[name] = {"f1": metric["f1"], "exact_match": metric["exact_match"]}
     return {"run": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
-            "init": cfg.init, "seed": cfg.seed, "examples": len(rows), "scores": scores}
+            "init": run.cfg.init, "seed": run.cfg.seed, "examples": len(run.rows), "scores": scores}
 
 
 def write_report(records: list[dict], path: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 
 def test_qa_bench_sweeps_and_draws_the_curve(tiny_pretrain, tmp_path):
@@ -38,3 +39,22 @@ def test_qa_bench_sweeps_and_draws_the_curve(tiny_pretrain, tmp_path):
     text = report.with_suffix(".md").read_text()
     assert "| adamw 5e-4" in text and "| muon 0.005" in text and "| 8,595 |" in text
     assert report.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_qa_decoding_bench_reproduces_make_evaluate(tiny_qa, tmp_path):
+    """bench/qa_decoding.py loads a run as `make evaluate` does, so its whole-word row is evaluate's figure."""
+    run = tmp_path / "squad"
+    shutil.copytree(tiny_qa, run, ignore=shutil.ignore_patterns("checkpoints"))
+    evaluated = run_cli("evaluate", "--ckpt", run / "final")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    expected = json.loads((run / "eval.json").read_text())["evaluation"]["metrics"]
+
+    report = tmp_path / "qa_decoding"
+    done = subprocess.run([sys.executable, "bench/qa_decoding.py", str(run), "--report", str(report)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [record] = json.loads(report.with_suffix(".json").read_text())["runs"]
+    assert record["examples"] == 24 and record["init"] == "pretrained"
+    assert set(record["scores"]) >= {"token edges", "whole words"}
+    assert record["scores"]["whole words"] == {"f1": expected["f1"], "exact_match": expected["exact_match"]}
+    assert f"| {run} | pretrained |" in report.with_suffix(".md").read_text()

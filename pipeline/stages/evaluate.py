@@ -10,9 +10,12 @@ skipped, so evaluating everything again is cheap, and a change to a task's decod
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import datasets
+import torch
 from accelerate import Accelerator
 
 from pipeline import baselines, corpus, report
@@ -25,6 +28,7 @@ from pipeline.json_files import read_json, write_json
 from pipeline.lm import evaluate_lm, generate_samples
 from pipeline.stages.pretrain import SAMPLE_PROMPTS
 from pipeline.tasks import TASKS, get_task
+from pipeline.tasks.base import Task
 
 
 def run(ckpts: list[Path], runs: Path, report_dir: Path) -> None:
@@ -106,6 +110,33 @@ def _evaluate_lm(folder: Path, run_dir: Path) -> dict:
 
 def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict) -> dict:
     """The task's metrics on its eval split, as the run's recipe selects it."""
+    run = load_task_run(folder, run_dir, config, kind, record)
+    acc = _accelerator()
+    metrics, extras = run.task.evaluate(run.model.to(acc.device), run.rows, run.features, acc, run.cfg, run.tokenizer,
+                                        run.labels)
+    if "predictions" in extras:  # official SQuAD format: {question id: answer text}
+        write_json(run_dir / PREDICTIONS_FILE, extras["predictions"])
+    return {"dataset": run.hub_id, "split": run.split, **run.info, "metrics": metrics}
+
+
+@dataclass
+class TaskRun:
+    """A fine-tuned model with its run's task, recipe, tokenizer and evaluation data, loaded and checked."""
+
+    task: Task
+    cfg: FinetuneConfig
+    hub_id: str
+    split: str
+    rows: datasets.Dataset
+    labels: list[str]
+    tokenizer: object
+    model: torch.nn.Module
+    features: datasets.Dataset
+    info: dict
+
+
+def load_task_run(folder: Path, run_dir: Path, config, kind: str, record: dict) -> TaskRun:
+    """Everything that scoring `folder` on its run's eval split needs (benches that re-score runs use it too)."""
     if "task" not in record:
         raise PipelineError(f"{run_dir}/eval.json does not name the task of {folder}: fine-tune it again "
                             "with overwrite=true, which writes eval.json")
@@ -125,11 +156,7 @@ def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict)
         raise PipelineError(f"{folder} lacks weights {sorted(loading['missing_keys'])[:3]}: "
                             "save it again with save_pretrained()")
     features, info = task.preprocess(rows, tokenizer, cfg, hub_id, split, labels, False)
-    acc = _accelerator()
-    metrics, extras = task.evaluate(model.to(acc.device), rows, features, acc, cfg, tokenizer, labels)
-    if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-        write_json(run_dir / PREDICTIONS_FILE, extras["predictions"])
-    return {"dataset": hub_id, "split": split, **info, "metrics": metrics}
+    return TaskRun(task, cfg, hub_id, split, rows, labels, tokenizer, model, features, info)
 
 
 @cache
