@@ -39,7 +39,7 @@ from pipeline.checkpoint import EVAL_FILE, FINAL, inspect_model_folder, model_ki
 from pipeline.json_files import read_json, write_json  # noqa: E402
 from pipeline.stages.evaluate import load_task_run  # noqa: E402  (the checks and loading make evaluate does)
 
-DECODINGS = {  # name: postprocess_with_scores keywords in place of the run's (ExtractiveQA.score)
+DECODINGS = {  # name: postprocess_predictions keywords in place of the run's (ExtractiveQA.score)
     "token edges": {"whole_words": False},
     "whole words": {"whole_words": True},
     "whole words, max_answer_length 20": {"whole_words": True, "max_answer_length": 20},

@@ -287,11 +287,10 @@ def postprocess_with_scores(
     return results
 
 
-def postprocess_predictions(
-    examples, features, all_start_logits, all_end_logits, n_best: int = 20, max_answer_length: int = 30
-) -> dict[str, str]:
-    """Map each example id to its predicted answer text ("" when no valid span exists)."""
-    scored = postprocess_with_scores(examples, features, all_start_logits, all_end_logits, n_best, max_answer_length)
+def postprocess_predictions(examples, features, all_start_logits, all_end_logits, **decoding) -> dict[str, str]:
+    """Map each example id to its predicted answer text ("" when no valid span exists); `decoding`:
+    postprocess_with_scores's keywords (n_best, max_answer_length, whole_words)."""
+    scored = postprocess_with_scores(examples, features, all_start_logits, all_end_logits, **decoding)
     return {example_id: answer.text for example_id, answer in scored.items()}
 
 
@@ -338,11 +337,10 @@ class ExtractiveQA(Task):
                          outputs=("start_logits", "end_logits"), per_token=True)
 
     def score(self, rows, features, logits: dict[str, list], cfg: FinetuneConfig, **decoding) -> tuple[dict, dict]:
-        """SQuAD EM/F1 of the spans decoded from `logits` (`decoding`: postprocess_with_scores's own keywords,
+        """SQuAD EM/F1 of the spans decoded from `logits` (`decoding`: postprocess_predictions's keywords,
         e.g. whole_words=False, in place of the run's), and the predictions."""
         decoding = {"n_best": cfg.n_best, "max_answer_length": cfg.max_answer_length, **decoding}
-        answers = postprocess_with_scores(rows, features, logits["start_logits"], logits["end_logits"], **decoding)
-        predictions = {example_id: answer.text for example_id, answer in answers.items()}
+        predictions = postprocess_predictions(rows, features, logits["start_logits"], logits["end_logits"], **decoding)
         metric = load_metric("squad").compute(
             predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
             references=[{"id": i, "answers": a} for i, a in zip(rows["id"], rows["answers"])],
