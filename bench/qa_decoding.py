@@ -35,7 +35,7 @@ from accelerate import Accelerator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import machine  # noqa: E402
-from pipeline.checkpoint import EVAL_FILE, FINAL, inspect_model_folder, model_kind  # noqa: E402
+from pipeline.checkpoint import EVAL_FILE, FINAL, inspect_model_folder  # noqa: E402
 from pipeline.json_files import read_json, write_json  # noqa: E402
 from pipeline.stages.evaluate import load_task_run  # noqa: E402  (the checks and loading make evaluate does)
 
@@ -49,8 +49,7 @@ DECODINGS = {  # name: postprocess_predictions keywords in place of the run's (E
 
 def score_run(run_dir: Path, accelerator: Accelerator) -> dict:
     folder = run_dir / FINAL
-    config = inspect_model_folder(folder)
-    run = load_task_run(folder, run_dir, config, model_kind(config), read_json(run_dir / EVAL_FILE))
+    run = load_task_run(folder, inspect_model_folder(folder), read_json(run_dir / EVAL_FILE))
     logits = run.task.span_logits(run.model.to(accelerator.device), run.features, accelerator, run.cfg, run.tokenizer)
     scores = {}
     for name, decoding in DECODINGS.items():

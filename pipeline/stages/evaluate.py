@@ -84,7 +84,7 @@ def evaluate(folder: Path) -> dict:
         record.setdefault("kind", "pretrain")
         evaluation = _evaluate_lm(folder, run_dir)
     else:
-        evaluation = _evaluate_task(folder, run_dir, config, kind, record)
+        evaluation = _evaluate_task(folder, config, record)
     record["evaluation"] = {"model": str(folder), "model_kind": kind, "fingerprint": fingerprint(folder),
                             "scoring": _scoring(record), **evaluation, "seconds": time.time() - started}
     write_json(run_dir / EVAL_FILE, record)
@@ -108,14 +108,14 @@ def _evaluate_lm(folder: Path, run_dir: Path) -> dict:
             "samples": [{"prompt": p, "text": t} for p, t in zip(SAMPLE_PROMPTS, texts)]}
 
 
-def _evaluate_task(folder: Path, run_dir: Path, config, kind: str, record: dict) -> dict:
+def _evaluate_task(folder: Path, config, record: dict) -> dict:
     """The task's metrics on its eval split, as the run's recipe selects it."""
-    run = load_task_run(folder, run_dir, config, kind, record)
+    run = load_task_run(folder, config, record)
     acc = _accelerator()
     metrics, extras = run.task.evaluate(run.model.to(acc.device), run.rows, run.features, acc, run.cfg, run.tokenizer,
                                         run.labels)
     if "predictions" in extras:  # official SQuAD format: {question id: answer text}
-        write_json(run_dir / PREDICTIONS_FILE, extras["predictions"])
+        write_json(folder.parent / PREDICTIONS_FILE, extras["predictions"])
     return {"dataset": run.hub_id, "split": run.split, **run.info, "metrics": metrics}
 
 
@@ -135,8 +135,10 @@ class TaskRun:
     info: dict
 
 
-def load_task_run(folder: Path, run_dir: Path, config, kind: str, record: dict) -> TaskRun:
-    """Everything that scoring `folder` on its run's eval split needs (benches that re-score runs use it too)."""
+def load_task_run(folder: Path, config, record: dict) -> TaskRun:
+    """Everything that scoring `folder` (a run's final/, whose `config` inspect_model_folder read) on its run's
+    eval split needs; `record` is the run's eval.json. Benches that re-score runs use it too."""
+    run_dir, kind = folder.parent, model_kind(config)
     if "task" not in record:
         raise PipelineError(f"{run_dir}/eval.json does not name the task of {folder}: fine-tune it again "
                             "with overwrite=true, which writes eval.json")
