@@ -252,6 +252,12 @@ class Documents:
 BATCH_BYTES = 1 << 20  # characters of text per tokenizer call: big enough to amortize a worker round trip
 
 
+def validation_documents(cfg: PretrainConfig) -> list[Documents]:
+    """Each source's validation documents, whole and in order, before the mixture cuts them to token shares:
+    text that scores checkpoints with different tokenizers on the same bytes (bench/same_text_bpb.py)."""
+    return _documents(cfg, cfg.sources())[1]
+
+
 def _documents(cfg: PretrainConfig, sources: list[CorpusSource]) -> tuple[list[Documents], list[Documents]]:
     """Each source's train and validation documents: the non-empty texts of its splits (or held-out rows)."""
     trains, evals = [], []
