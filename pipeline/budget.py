@@ -16,13 +16,17 @@ have. The rates of steps 1..measure_at are those of the recipe's max_steps: the 
 schedule's while they are warmup (measure_at <= warmup_steps), and with wsd, whose warmup and
 constant phases do not depend on the step count, in any case.
 
-4. with wsd only, the count is re-timed every `measure_at` steps until its decay begins, from the
+4. with wsd only, the count is re-timed every `measure_at` steps to the end of the run, from the
    pace since the last re-timing: a machine that slows down (other work, a noisy neighbour) would
-   otherwise overrun the budget by as much as it slowed (one 40-minute run was heading for 44).
-   Only the start of the decay moves, and only to a step not yet taken, so every rate already
-   used stays what it was; from the decay's first step on the count is locked. A run resumed in
-   the decay therefore takes exactly the steps the uninterrupted one did; one resumed before it
-   re-times the rest at its own pace.
+   otherwise overrun the budget by as much as it slowed (one 40-minute run was heading for 44; one
+   whose count was locked once its 30% decay began ran 103.5% of its budget). No rate already used
+   moves: before the decay only its start moves, and never to a step already taken; inside the decay
+   the schedule is anchored where it stands (state.budget_decay_step/progress, pipeline/optim.py) and
+   the rest of the decay is spread over the steps now left, so the rate goes on from where it was and
+   still reaches 0 on the last step. A run whose pace holds is re-timed to the count it already has,
+   so nothing moves. A resumed run leaves its first step (compilation again) out of the pace, and
+   re-times the rest at its own pace: it ends at the budget, not necessarily at the interrupted
+   run's step count.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from pipeline import precision
 from pipeline.errors import PipelineError
-from pipeline.optim import is_wsd, wsd_decay_steps
+from pipeline.optim import is_wsd, wsd_decay_progress, wsd_decay_steps
 
 MEASURE_STEPS = 10  # the least number of steps the pace is measured over (plus the first, not counted)
 
@@ -45,7 +49,8 @@ class TimeBudget:
         self.warmup_steps = warmup_steps
         self.measure_at = max(warmup_steps, MEASURE_STEPS)
         self.acc = accelerator
-        self.wsd_cfg = wsd_cfg  # the recipe when its schedule is wsd: the count is re-timed until the decay
+        self.wsd_cfg = wsd_cfg  # the recipe when its schedule is wsd: the count is re-timed to the end
+        self._first_step_here = True  # this process's first step (after a resume: compilation again)
 
     @classmethod
     def from_config(cls, cfg, accelerator=None) -> TimeBudget | None:
@@ -55,7 +60,11 @@ class TimeBudget:
 
     def after_step(self, state, max_steps: int) -> int | None:
         """Called after every optimizer step: returns the run's step count when it is fixed or moved, else None."""
+        first_here, self._first_step_here = self._first_step_here, False
         if state.budget_steps:  # fixed earlier (maybe by the run this one resumes)
+            if first_here:  # resumed: this step compiled again, so the pace is measured from after it
+                state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
+                return None
             return self._retime(state) if self.wsd_cfg is not None else None
         if state.step == 1:
             state.first_step_seconds = state.train_seconds
@@ -78,19 +87,24 @@ class TimeBudget:
         return state.budget_steps
 
     def _retime(self, state) -> int | None:
-        """wsd: every measure_at steps until the decay begins, fix the count again from the recent pace."""
+        """wsd: every measure_at steps, fix the count again from the recent pace; rates already used stay."""
         fixed = state.budget_steps
-        if state.step >= self._decay_start(fixed) or state.step - state.budget_retimed_step < self.measure_at:
+        if state.step - state.budget_retimed_step < self.measure_at:
             return None
         pace = self._slowest(state.train_seconds - state.budget_retimed_seconds) / (state.step - state.budget_retimed_step)
         state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
-        steps = self._steps_that_fit(state, pace)
+        steps = max(self._steps_that_fit(state, pace), state.step + 1)  # at least one step more: the last one
         if self.wsd_cfg.max_steps > 0:  # the recipe's max_steps stays the upper bound
             steps = min(steps, self.wsd_cfg.max_steps)
-        while self._decay_start(steps) < state.step:  # the decay may start now at the earliest, never in the past
-            steps += 1
         if steps == fixed:
             return None
+        decaying = state.budget_decay_step or self._decay_start(fixed) <= state.step
+        if decaying or self._decay_start(steps) < state.step:
+            # The decay has begun (or must begin now): anchor it where it stands and spread the rest
+            # over the steps left, so the next rate is the one the old count would have used.
+            anchor = (state.budget_decay_step, state.budget_decay_progress)
+            state.budget_decay_progress = wsd_decay_progress(self.wsd_cfg, fixed, state.step, anchor)
+            state.budget_decay_step = state.step
         state.budget_steps = steps
         return steps
 

@@ -21,11 +21,14 @@ trains with AdamW alone, and says so.
 Schedules are transformers.get_scheduler's; `wsd` (warmup_stable_decay) warms up linearly over
 warmup_steps, stays constant, and decays to 0 over the last `decay_fraction` of the steps in the
 1-sqrt shape (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-Durations": better than a linear cooldown at the same length).
+Durations": better than a linear cooldown at the same length). A time budget may re-time the decay
+while it runs (pipeline/budget.py): from the step it is re-timed at, the decay goes on from the progress
+it had reached and spreads the rest over the steps now left, so the rate never jumps and still ends at 0.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
 
@@ -207,9 +210,24 @@ def wsd_decay_steps(cfg: TrainConfig, max_steps: int) -> int:
     return min(max(1, round(cfg.decay_fraction * max_steps)), max(0, max_steps - cfg.warmup_steps))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int, done_steps: int = 0):
+def wsd_decay_progress(cfg: TrainConfig, max_steps: int, step: int, anchor: tuple[int, float] = (0, 0.0)) -> float:
+    """How far (0..1) the wsd decay of a `max_steps` run has gone at schedule index `step`.
+
+    `anchor` = (step, progress) where a time budget re-timed the decay (0: never): from there the
+    progress goes on linearly to 1 at max_steps, whatever the step count was before.
+    """
+    anchor_step, anchor_progress = anchor
+    if anchor_step and step >= anchor_step:
+        return anchor_progress + (1.0 - anchor_progress) * (step - anchor_step) / max(1, max_steps - anchor_step)
+    decay = wsd_decay_steps(cfg, max_steps)
+    return max(0.0, (step - (max_steps - decay)) / max(1, decay))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int, done_steps: int = 0,
+                    decay_anchor: tuple[int, float] = (0, 0.0)):
     """The recipe's schedule over `max_steps`, fast-forwarded to `done_steps` (a resumed run).
 
+    `decay_anchor` (wsd only): where a time budget re-timed the decay (wsd_decay_progress).
     The schedule is a pure function of the step, so replaying it restores it exactly without
     unpickling anything (accelerate would pickle a registered scheduler).
     """
@@ -219,8 +237,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
         extra = {"num_decay_steps": wsd_decay_steps(cfg, max_steps), "decay_type": "1-sqrt", "warmup_type": "linear"}
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max_steps,
                               scheduler_specific_kwargs=extra)
+    schedule = scheduler.lr_lambdas[0]
+    if is_wsd(cfg) and decay_anchor[0]:
+        schedule = _re_timed_decay(schedule, cfg, max_steps, decay_anchor)
+        scheduler = LambdaLR(optimizer, schedule)
     if cfg.freeze_body_steps:
-        scheduler = _frozen_body_first(optimizer, scheduler.lr_lambdas[0], cfg.freeze_body_steps, cfg.warmup_steps)
+        scheduler = _frozen_body_first(optimizer, schedule, cfg.freeze_body_steps, cfg.warmup_steps)
     with warnings.catch_warnings():
         # torch warns that scheduler.step() ran before optimizer.step(): harmless here, since the
         # replay only moves the schedule to where the interrupted run left it.
@@ -228,6 +250,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_step
         for _ in range(done_steps):
             scheduler.step()
     return scheduler
+
+
+def _re_timed_decay(schedule, cfg: TrainConfig, max_steps: int, anchor: tuple[int, float]):
+    """wsd's 1-sqrt decay from the anchor on (transformers' own before it, for the steps already taken)."""
+    def factor(step: int) -> float:
+        if step < anchor[0]:
+            return schedule(step)
+        return max(0.0, 1.0 - math.sqrt(min(1.0, wsd_decay_progress(cfg, max_steps, step, anchor))))
+
+    return factor
 
 
 def _frozen_body_first(optimizer, schedule, frozen: int, warmup: int) -> LambdaLR:

@@ -55,6 +55,8 @@ class TrainState:
     budget_steps: int = 0  # max_train_minutes: the step count fixed from measured pace (0 = not yet); kept on resume
     budget_retimed_step: int = 0  # max_train_minutes with wsd: when the count was last re-timed (pipeline/budget.py)
     budget_retimed_seconds: float = 0.0
+    budget_decay_step: int = 0  # max_train_minutes with wsd: where the decay was last re-timed (0 = never) ...
+    budget_decay_progress: float = 0.0  # ... and how far it had gone there (pipeline/optim.py wsd_decay_progress)
     data_state: dict = field(default_factory=dict)  # a dataset that keeps its own position: its state_dict()
 
 
@@ -189,7 +191,7 @@ class Trainer:
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
             if self.state.budget_steps:  # fixed by the time budget of the run this one continues
                 self.max_steps = self.state.budget_steps
-        scheduler = build_scheduler(optimizer, cfg, self.max_steps, self.state.step)
+        scheduler = build_scheduler(optimizer, cfg, self.max_steps, self.state.step, self._decay_anchor())
         if acc.is_main_process:  # only now, after a resume loaded cleanly, is the output folder touched
             self.out.mkdir(parents=True, exist_ok=True)
             for name, text in self.run_files.items():
@@ -286,13 +288,16 @@ class Trainer:
             raise
         if fixed:
             self.max_steps = fixed  # the schedule now ends exactly there
-            scheduler = build_scheduler(optimizer, self.cfg, fixed, self.state.step)
+            scheduler = build_scheduler(optimizer, self.cfg, fixed, self.state.step, self._decay_anchor())
             bar.total = fixed
             bar.refresh()
             if not self._budget_announced:  # later re-timings (wsd) only move the bar's end
                 self.acc.print(f"max_train_minutes={self.cfg.max_train_minutes:g}: training for {fixed} steps")
                 self._budget_announced = True
         return scheduler
+
+    def _decay_anchor(self) -> tuple[int, float]:
+        return self.state.budget_decay_step, self.state.budget_decay_progress
 
     # ---- bookkeeping ------------------------------------------------------------------
     def log(self, values: dict, split: str) -> None:

@@ -3,6 +3,7 @@ the warmup-stable-decay schedule, and Muon for the hidden weight matrices."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -20,7 +21,7 @@ from conftest import ROOT, TINY, bad_input_line, read_metrics, run_cli
 from pipeline.config import SCHEDULERS, PretrainConfig
 from pipeline.recipe import load_recipe
 from pipeline.budget import TimeBudget
-from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler, wsd_decay_steps
+from pipeline.optim import CombinedOptimizer, build_optimizer, build_scheduler, wsd_decay_progress, wsd_decay_steps
 from pipeline.trainer import TrainState
 
 
@@ -59,6 +60,22 @@ def test_wsd_warms_up_holds_then_decays_to_zero():
     assert lrs[10:81] == [1.0] * 71  # stable until the last 20% of the steps
     assert lrs[85] == pytest.approx(1 - (5 / 20) ** 0.5)  # 1-sqrt decay
     assert lrs[100] == 0.0 and all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+def test_wsd_re_timed_in_its_decay_goes_on_from_the_same_rate_to_zero():
+    """A budget anchors the decay at step 90 of 100 (progress 0.5) and stretches it to end at 120."""
+    cfg = recipe("lr_scheduler_type=wsd", "warmup_steps=10", "decay_fraction=0.2", "learning_rate=1.0")
+    assert wsd_decay_progress(cfg, 100, 90) == 0.5
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, max_steps=120, done_steps=90, decay_anchor=(90, 0.5))
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(1 - 0.5 ** 0.5)  # the rate the 100-step schedule had reached at step 90
+    assert lrs[15] == pytest.approx(1 - 0.75 ** 0.5)  # half the rest of the decay in half the 30 steps left
+    assert lrs[30] == 0.0 and all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
 # ---- Muon -----------------------------------------------------------------------------
@@ -173,39 +190,55 @@ def test_time_budget_stops_with_a_finished_schedule_and_resumes_exactly(tmp_path
     assert max(r["lr"] for r in train) == pytest.approx(3e-3)
     assert (out / "final" / "model.safetensors").is_file()
 
-    # A run resumed in the decay reuses the step count the interrupted one locked, and takes the same
-    # steps (before the decay, wsd re-times the count at the resumed run's own pace).
+    # A run resumed in the decay goes on with the schedule the interrupted one had at its checkpoint (count
+    # and decay anchor from trainer_state.json), then re-times the rest at its own pace and ends at rate 0.
     decay_start = steps - wsd_decay_steps(recipe("lr_scheduler_type=wsd"), steps)
     # The first checkpoint in the decay (save_steps=2). The count is at least 11 (fixed after step 10, one
     # step more at the least), so the decay holds at least 2 steps, and k < steps on any machine's pace.
     k = -(-decay_start // 2) * 2
     assert k < steps
-    state = json.loads((out / "checkpoints" / f"step-{k}" / "trainer_state.json").read_text())
-    assert state["budget_steps"] == steps
+    state = TrainState(**json.loads((out / "checkpoints" / f"step-{k}" / "trainer_state.json").read_text()))
+    assert state.step == k and state.budget_steps >= k + 1
     again = tmp_path / "again"
     (again / "checkpoints").mkdir(parents=True)
     shutil.copytree(out / "checkpoints" / f"step-{k}", again / "checkpoints" / f"step-{k}")
     shutil.copy(out / "metrics.jsonl", again / "metrics.jsonl")
     resumed = run_cli(*args, "--out", again, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((again / "run.json").read_text())["budget"]["derived_max_steps"] == steps
-    a = load_file(out / "final" / "model.safetensors")
-    b = load_file(again / "final" / "model.safetensors")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=3e-3)
+    expected = build_scheduler(optimizer, recipe("lr_scheduler_type=wsd", "warmup_steps=0"), state.budget_steps,
+                               k + 1, (state.budget_decay_step, state.budget_decay_progress)).get_last_lr()[0]
+    rows = read_metrics(again, "train")
+    assert [r["step"] for r in rows] == list(range(1, rows[-1]["step"] + 1))  # the interrupted run's rows, then its own
+    assert rows[k]["lr"] == pytest.approx(expected)  # step k+1: the checkpoint's schedule, not re-timed yet
+    resumed_run = json.loads((again / "run.json").read_text())
+    assert resumed_run["steps"] == resumed_run["budget"]["derived_max_steps"] and rows[-1]["lr"] == 0.0
 
 
-def simulate_budget(cfg: PretrainConfig, seconds_per_step) -> tuple[TrainState, list[tuple[int, int]]]:
-    """Drive TimeBudget as the trainer does, with made-up step times: (final state, [(step, count fixed)])."""
-    budget, state, max_steps, fixes = TimeBudget.from_config(cfg), TrainState(), cfg.max_steps, []
-    while state.step < max_steps:
+def simulate_budget(cfg: PretrainConfig, seconds_per_step, rates=False, stop_at=None, state=None, max_steps=None):
+    """Drive TimeBudget as the trainer does, with made-up step times: the final state, [(step, count fixed)],
+    and with `rates` the rate of every step (a scheduler rebuilt at every fix, as the trainer does)."""
+    budget, fixes = TimeBudget.from_config(cfg), []
+    state, max_steps = state or TrainState(), max_steps or cfg.max_steps
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=cfg.learning_rate)
+    scheduler = build_scheduler(optimizer, cfg, max_steps, state.step) if rates else None
+    lrs = [scheduler.get_last_lr()[0]] if rates else []
+    while state.step < max_steps and state.step != stop_at:
         state.step += 1
         state.train_seconds += seconds_per_step(state.step)
+        if rates:
+            optimizer.step()
+            scheduler.step()
         fixed = budget.after_step(state, max_steps)
         if fixed:
             fixes.append((state.step, fixed))
             max_steps = fixed
-    return state, fixes
+            if rates:
+                scheduler = build_scheduler(optimizer, cfg, fixed, state.step,
+                                            (state.budget_decay_step, state.budget_decay_progress))
+        if rates:
+            lrs.append(scheduler.get_last_lr()[0])
+    return (state, fixes, lrs) if rates else (state, fixes)
 
 
 def test_wsd_budget_re_times_a_slowing_run_and_never_moves_a_rate_already_used():
@@ -227,13 +260,33 @@ def test_wsd_budget_re_times_a_slowing_run_and_never_moves_a_rate_already_used()
     assert len(cosine_fixes) == 1 and cosine.train_seconds > 80
 
 
-def test_wsd_budget_locks_the_count_once_the_decay_has_begun():
+def test_wsd_budget_re_times_inside_the_decay_without_a_jump_in_the_rate():
+    """Steady (about 600 steps, decay from about step 480), then three times slower from step 500:
+    the count locked at the decay's start would run to about 64 s of a 60-s budget."""
+    cfg = recipe("max_train_minutes=1", "max_steps=100000", "warmup_steps=0", "lr_scheduler_type=wsd",
+                 "learning_rate=1.0")
+    state, fixes, lrs = simulate_budget(cfg, lambda step: 0.1 if step <= 500 else 0.3, rates=True)
+    assert fixes[-1][1] == state.step < 600 - 10  # moved down once the slowdown showed, inside the decay
+    assert 60 - 0.3 < state.train_seconds <= 60 + 10 * 0.3  # within one re-timing window of the budget
+    decay_from = next(i for i, lr in enumerate(lrs) if lr < 1.0)
+    assert 470 < decay_from < 500 and lrs[-1] == 0.0  # the decay began before the slowdown, and finished
+    # The rate falls step by step through every re-timing: no jump up, no step down bigger than the
+    # steepest the 1-sqrt curve takes over its last steps.
+    steps = [b - a for a, b in zip(lrs[decay_from:], lrs[decay_from + 1:])]
+    assert all(d <= 0 for d in steps) and max(-d for d in steps[:-5]) < 0.05
+
+
+def test_wsd_budget_resumed_run_leaves_its_first_step_out_of_the_pace():
+    """A run killed at step 300 resumes; its first step compiles again (5 s), the rest keep the pace."""
     cfg = recipe("max_train_minutes=1", "max_steps=100000", "warmup_steps=0", "lr_scheduler_type=wsd")
-    # Steady (about 600 steps, decay from about step 480), then three times slower from step 500.
-    state, fixes = simulate_budget(cfg, lambda step: 0.1 if step <= 500 else 0.3)
-    final = fixes[-1][1]
-    assert abs(final - 600) <= 1 and state.step == final  # the slowdown inside the decay moved nothing
-    assert all(step < final - wsd_decay_steps(cfg, final) for step, _ in fixes)  # every re-timing came before it
+    pace = lambda step: 5.0 if step in (1, 301) else 0.1  # noqa: E731
+    state, fixes = simulate_budget(cfg, pace, stop_at=300)
+    state = TrainState(**dataclasses.asdict(state))  # what trainer_state.json carries over
+    resumed, more = simulate_budget(cfg, pace, state=state, max_steps=fixes[-1][1])
+    # The window restarts after the recompiling step, so the first re-timing (step 311) sees the true pace
+    # and takes the 5 s off the count at once, instead of a 0.59-s pace throwing the count far down.
+    assert more[0][0] == 311 and max(n for _, n in more) - min(n for _, n in more) <= 2
+    assert more[0][1] < fixes[-1][1] - 40 and 60 - 0.1 < resumed.train_seconds <= 60 + 10 * 0.1
 
 
 # ---- bad values -----------------------------------------------------------------------
