@@ -140,6 +140,7 @@ def test_pretrain_records_what_auto_became(tmp_path, native, mode):
 
 @pytest.mark.parametrize("schema,recipe,key,value", [
     (PretrainConfig, "pretrain/cpu.yaml", "model.hidden_size", 128),  # make pretrain's narrower model
+    (PretrainConfig, "pretrain/cpu.yaml", "decay_fraction", 0.2),  # and its shorter decay (~400 steps there)
     (FinetuneConfig, "finetune/squad.yaml", "muon_learning_rate", 0.01),  # the rate for one epoch in the budget
     (FinetuneConfig, "finetune/rotten_tomatoes.yaml", "adapt_steps", 100),  # task-adaptive LM training first
 ])
