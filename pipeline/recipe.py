@@ -47,6 +47,9 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
             try:
                 fp32_cfg.validate()
                 cfg = fp32_cfg
+                # A key the command line sets is the command line's: the run prints and records only the
+                # block's keys that took effect (squad's muon_learning_rate=0.005 is not "0.01 applied").
+                cfg.fp32_overrides = {k: v for k, v in cfg.fp32_overrides.items() if not _sets(command_line, k)}
             except PipelineError as e:
                 cfg.validate()  # the command line's own mistakes are reported as ever
                 if os.environ.get("RANK", "0") == "0":  # once, not once per process of a distributed launch
@@ -129,6 +132,16 @@ def _parse_overrides(overrides: list[str]) -> dict:
             value = raw  # YAML 1.1 reads no/yes/on/off as booleans: mixed_precision=no means "no"
         pairs.append((key, value))
     return _nest(pairs)
+
+
+def _sets(nested: dict, dotted: str) -> bool:
+    """Whether {"model": {"hidden_size": 192}} sets "model.hidden_size"."""
+    node = nested
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _nest(pairs) -> dict:

@@ -158,7 +158,11 @@ def test_the_default_recipes_apply_their_fp32_overrides_only_where_auto_becomes_
     assert get(fp32, key) == value
     for dotted, wanted in fp32.fp32_overrides.items():
         assert get(fp32, dotted) == wanted != get(native, dotted), dotted
-    assert get(load_recipe(schema, default, [f"{key}={get(native, key)}"]), key) == get(native, key)
+    overridden = load_recipe(schema, default, [f"{key}={get(native, key)}"])
+    assert get(overridden, key) == get(native, key)
+    # The run prints and records only the block's keys that took effect.
+    assert set(overridden.fp32_overrides) == set(fp32.fp32_overrides) - {key}
+    assert (applied_fp32_overrides(overridden) or {}) == overridden.fp32_overrides
     explicit = load_recipe(schema, default, ["mixed_precision=no"])
     assert all(get(explicit, dotted) == get(native, dotted) for dotted in fp32.fp32_overrides)
 
