@@ -32,7 +32,8 @@ def load_recipe(schema: type[Config], path: str | Path | None, overrides: list[s
     in fp32 (`applied_fp32_overrides`), the command line. The fp32 layer is checked on every machine, so a wrong
     key or value in it fails here too, not only where it applies. Where the command line asks for what the
     block contradicts (finetune_method=lora against a block's adapt_steps), the command line wins: the block is
-    left out, in one line, and the run records none."""
+    left out, in one line, and the run records none. Otherwise the run records the block's keys that the command
+    line does not set itself."""
     recipe = _read_yaml(Path(path)) if path is not None else {}
     command_line = _parse_overrides(overrides)
     cfg = _merge(schema, [recipe, command_line], path)
