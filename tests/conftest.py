@@ -44,15 +44,19 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # run_cli(env=CPU_ONLY): the CPU path, 
 PROGRESS_FRAME = re.compile(r"\d+%\|")  # a tqdm frame such as "train:  40%|████      | 2/5 [...]"
 
 
-def bad_input_line(argv: list[str], capsys) -> str:
+def bad_input_line(argv: list[str], capsys, stdout: str | None = None) -> str:
     """Run the CLI in-process on bad input: it must exit 2 with one `error: ` line on stderr and no
-    traceback (progress-bar frames, which a terminal clears, are not lines). Returns that line."""
+    traceback (progress-bar frames, which a terminal clears, are not lines), and print `stdout` if
+    given. Returns that line. In-process, since a bad input fails before any work, and a fresh
+    process would spend its seconds importing torch (`test_recipes.py` keeps one such run)."""
     from pipeline.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(arg) for arg in argv])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    if stdout is not None:
+        assert out == stdout, out
     lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_FRAME.search(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from conftest import finetune, run_cli
+from conftest import bad_input_line, finetune, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -136,8 +136,5 @@ def test_report_tables_gain_baselines_and_plots(evaluated):
             assert image.format == "PNG" and min(image.size) > 100
 
 
-def test_not_a_checkpoint_exits_2(tmp_path):
-    result = run_cli("evaluate", "--ckpt", tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is not a checkpoint" in lines[0], result.stderr
+def test_not_a_checkpoint_exits_2(tmp_path, capsys):
+    assert "is not a checkpoint" in bad_input_line(["evaluate", "--ckpt", tmp_path], capsys)

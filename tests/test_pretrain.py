@@ -13,7 +13,7 @@ import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY, read_metrics, run_cli
+from conftest import ROOT, TINY, bad_input_line, read_metrics, run_cli
 
 
 def test_loss_falls_and_outputs_are_written(tiny_pretrain):
@@ -93,11 +93,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_pretrain, tmp_pat
         assert torch.equal(a[name], b[name]), name
 
 
-def test_rerun_without_resume_refuses_to_overwrite(tiny_pretrain):
+def test_rerun_without_resume_refuses_to_overwrite(tiny_pretrain, capsys):
     before = (tiny_pretrain / "final" / "model.safetensors").read_bytes()
-    result = run_cli("pretrain", "--recipe", TINY, "--out", tiny_pretrain)
-    assert result.returncode == 2
-    assert "already holds a run" in result.stderr and "overwrite=true" in result.stderr
+    line = bad_input_line(["pretrain", "--recipe", TINY, "--out", tiny_pretrain], capsys)
+    assert "already holds a run" in line and "overwrite=true" in line
     assert (tiny_pretrain / "final" / "model.safetensors").read_bytes() == before
 
 

@@ -10,7 +10,7 @@ import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
-from conftest import FINETUNE_TINY, run_cli
+from conftest import FINETUNE_TINY, bad_input_line, run_cli
 from pipeline.config import FinetuneConfig
 from pipeline.recipe import load_recipe
 from pipeline import features
@@ -113,11 +113,10 @@ def test_pooled_features_are_what_the_head_reads_and_ignore_padding(tiny_pretrai
     ("sst2", "missing", "does not exist"),
     ("squad", "final", "classification tasks only"),
 ])
-def test_bad_probe_input_exits_2_and_writes_nothing(tiny_pretrain, tmp_path, task, ckpt, message):
+def test_bad_probe_input_exits_2_and_writes_nothing(tiny_pretrain, tmp_path, capsys, task, ckpt, message):
     (tmp_path / "empty").mkdir()
     folder = tiny_pretrain / "final" if ckpt == "final" else tmp_path / ckpt
-    result = run_cli("probe", "--task", task, "--ckpt", folder, "--recipe", FINETUNE_TINY, "--out", tmp_path / "out")
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    line = bad_input_line(["probe", "--task", task, "--ckpt", folder, "--recipe", FINETUNE_TINY,
+                           "--out", tmp_path / "out"], capsys)
+    assert message in line
     assert not (tmp_path / "out").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, bad_input_line, run_cli
 from pipeline.config import PretrainConfig
 from pipeline.recipe import load_recipe
 from pipeline.errors import PipelineError
@@ -54,26 +54,44 @@ def test_malformed_and_missing_recipe_files(tmp_path):
         load_recipe(PretrainConfig, tmp_path / "nope.yaml", [])
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_ARGS = [
     (["bogus_key=1"], "unknown recipe key 'bogus_key'"),
     (["max_steps=abc"], "recipe key 'max_steps' has the wrong type"),
     (["dataset=nobody/no_such_corpus"], "dataset nobody/no_such_corpus not found"),
     (["text_column=body"], "has no column 'body'"),
     (["--recipe", "recipes/pretrain/missing.yaml"], "recipe file not found"),
     (["--frobnicate"], "unrecognized arguments"),
-])
-def test_cli_bad_input_exits_2_and_touches_nothing(tmp_path, args, message):
+]
+
+
+def _precious_run(tmp_path) -> Path:
     out = tmp_path / "run"
     out.mkdir()
-    keep = out / "metrics.jsonl"
-    keep.write_text("precious\n")
+    (out / "metrics.jsonl").write_text("precious\n")
+    return out
+
+
+def _untouched(out: Path) -> bool:
+    return sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"] and (out / "metrics.jsonl").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGS)
+def test_cli_bad_input_exits_2_and_touches_nothing(tmp_path, capsys, args, message):
+    out = _precious_run(tmp_path)
     recipe = [] if "--recipe" in args else ["--recipe", str(TINY)]
-    result = run_cli("pretrain", *recipe, "--out", out, *args)
+    assert message in bad_input_line(["pretrain", *recipe, "--out", out, *args], capsys)
+    assert _untouched(out)
+
+
+def test_a_real_process_on_bad_input_prints_one_line_and_exits_2(tmp_path):
+    """The in-process cases above, once as a user runs it: its own process, nothing but the line."""
+    out = _precious_run(tmp_path)
+    args, message = BAD_ARGS[0]
+    result = run_cli("pretrain", "--recipe", TINY, "--out", out, *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"] and keep.read_text() == "precious\n"
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert result.stdout == "" and _untouched(out)
 
 
 @pytest.mark.parametrize("recipe", sorted((TINY.parent).glob("*.yaml")), ids=lambda p: p.stem)
