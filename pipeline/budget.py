@@ -86,6 +86,18 @@ class TimeBudget:
         state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
         return state.budget_steps
 
+    def provisional_steps(self, state, max_steps: int) -> int | None:
+        """Before the count is fixed, from step 2: the steps the budget holds at this process's pace so far.
+
+        For the progress bar's total only, so that its ETA is the budget's from the start instead of the
+        recipe's max_steps (the default recipe's 100,000 showed an ETA of 60 hours); the schedule still
+        runs to max_steps until after_step fixes the count. Local: no collective on every step."""
+        if state.budget_steps or state.step < 2 or not state.first_step_seconds:
+            return None
+        pace = (state.train_seconds - state.first_step_seconds) / (state.step - 1)
+        left = self.seconds - state.train_seconds
+        return min(max_steps, state.step + max(1, math.floor(left / max(pace, 1e-9))))
+
     def _retime(self, state) -> int | None:
         """wsd: every measure_at steps, fix the count again from the recent pace; rates already used stay."""
         fixed = state.budget_steps

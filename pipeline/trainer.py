@@ -294,6 +294,9 @@ class Trainer:
             if not self._budget_announced:  # later re-timings (wsd) only move the bar's end
                 self.acc.print(f"max_train_minutes={self.cfg.max_train_minutes:g}: training for {fixed} steps")
                 self._budget_announced = True
+        elif (estimate := self.budget.provisional_steps(self.state, self.max_steps)) is not None:
+            bar.total = estimate  # until the count is fixed, the ETA is the budget's
+            bar.refresh()
         return scheduler
 
     def _decay_anchor(self) -> tuple[int, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,10 @@ def test_time_budget_stops_with_a_finished_schedule_and_resumes_exactly(tmp_path
     assert run["steps"] == budget["steps"] == steps and budget["train_seconds"] == run["train_seconds"] > 0
     assert budget["used"] == pytest.approx(run["train_seconds"] / 6)
     assert "max_train_minutes=0.1: training for" in result.stdout
+    # The progress bar's total is the budget's from step 2 on, before the count is fixed: never max_steps.
+    frames = [tuple(map(int, m)) for m in re.findall(r"\| *(\d+)/(\d+) \[", result.stderr)]
+    assert any(2 <= n < 10 for n, _ in frames) and frames[-1] == (steps, steps), frames
+    assert all(total < 100000 for n, total in frames if n >= 2), frames
     train = read_metrics(out, "train")
     assert train[-1]["step"] == steps and train[-1]["lr"] == 0.0  # the schedule ran to its end
     assert max(r["lr"] for r in train) == pytest.approx(3e-3)
