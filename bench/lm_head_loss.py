@@ -13,7 +13,7 @@ never hold them all at once, `chunk` tokens at a time:
 This measures every way for one micro-batch, forward + backward, in the precision a pretraining
 run gets here (`mixed_precision: auto`: bf16 autocast on a CPU with native bf16, else fp32):
 
-    make bench-loss                                              # the cpu recipe's sizes
+    make bench-loss                                              # 16 × 512 tokens, vocabulary 8,192, hidden 384 (the old cpu width)
     .venv/bin/python bench/lm_head_loss.py --hidden 128          # the fp32_overrides shape
     .venv/bin/python bench/lm_head_loss.py --tokens 16384 --vocab 32000 --hidden 512
 

@@ -80,8 +80,7 @@ class TimeBudget:
             return None
         if state.step >= max_steps:  # the recipe's max_steps comes first: nothing to fix
             return None
-        measured = state.step - 1 if state.first_step_seconds else state.step
-        pace = self._slowest((state.train_seconds - state.first_step_seconds) / max(1, measured))
+        pace = self._slowest(self._pace_since_step_1(state))
         state.budget_steps = min(max_steps, max(self._steps_that_fit(state, pace), state.step + 1))  # at least one step more: the last one
         state.budget_retimed_step, state.budget_retimed_seconds = state.step, state.train_seconds
         return state.budget_steps
@@ -92,11 +91,10 @@ class TimeBudget:
         For the progress bar's total only, so that its ETA is the budget's from the start instead of the
         recipe's max_steps (the default recipe's 100,000 showed an ETA of 60 hours); the schedule still
         runs to max_steps until after_step fixes the count. Local: no collective on every step."""
-        if state.budget_steps or state.step < 2 or not state.first_step_seconds:
+        if state.budget_steps or state.step < 2:
             return None
-        pace = (state.train_seconds - state.first_step_seconds) / (state.step - 1)
-        left = self.seconds - state.train_seconds
-        return min(max_steps, state.step + max(1, math.floor(left / max(pace, 1e-9))))
+        steps = self._steps_that_fit(state, self._pace_since_step_1(state), spent=state.train_seconds)
+        return min(max_steps, max(steps, state.step + 1))
 
     def _retime(self, state) -> int | None:
         """wsd: every measure_at steps, fix the count again from the recent pace; rates already used stay."""
@@ -128,10 +126,17 @@ class TimeBudget:
         emulated = precision.emulated_bf16_note(mode, self.acc.device)
         return f" in {'fp32' if mode == 'no' else mode}{emulated or '; raise max_train_minutes or lower warmup_steps'}"
 
-    def _steps_that_fit(self, state, pace: float) -> int:
-        """The step count at which the budget runs out if the steps left go at `pace` seconds each."""
-        left = self.seconds - self._slowest(state.train_seconds)
+    def _steps_that_fit(self, state, pace: float, spent: float | None = None) -> int:
+        """The step count at which the budget runs out if the steps left go at `pace` seconds each, after
+        `spent` seconds (default: the slowest process's train_seconds, a collective)."""
+        left = self.seconds - (self._slowest(state.train_seconds) if spent is None else spent)
         return state.step + max(0, math.floor(left / max(pace, 1e-9)))
+
+    @staticmethod
+    def _pace_since_step_1(state) -> float:
+        """This process's seconds a step, leaving out step 1 (compilation, first touches) once it is timed."""
+        measured = state.step - 1 if state.first_step_seconds else state.step
+        return (state.train_seconds - state.first_step_seconds) / max(1, measured)
 
     def _decay_start(self, steps: int) -> int:
         """The first step (schedule index) of the wsd decay in a run of `steps` steps."""
