@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import transformers
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PIPELINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -94,13 +97,34 @@ def stated(monkeypatch):
     precision.cpu_bf16.cache_clear()
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` once per test run, returning `folder`. Under pytest-xdist each worker has its own
+    session, so a session fixture would be built once per worker: here the first worker to ask builds it
+    under the run's temporary root, which every worker shares, while the others wait on a file lock (the
+    pattern pytest-xdist documents). Tests only read such a folder; one that changes it copies it first."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # this run's root: each worker's basetemp is a folder beneath it
+    folder = root / "built-once" / name
+    folder.parent.mkdir(exist_ok=True)
+    done = folder.with_name(f"{name}.done")  # beside the folder, so that nothing is added to it
+    with FileLock(folder.with_name(f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker before this one failed halfway
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _assert_ran(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain(tmp_path_factory) -> Path:
     """One tiny pretraining run on a slice of real Wikipedia; returns its run folder."""
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=60")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return built_once(tmp_path_factory, "tiny", lambda out: _assert_ran(
+        run_cli("pretrain", "--recipe", TINY, "--out", out, "max_steps=60")))
 
 
 FINETUNE_TINY = ROOT / "recipes" / "finetune" / "tiny.yaml"
@@ -113,22 +137,17 @@ def finetune(task: str, ckpt: Path, out: Path, *overrides: str) -> subprocess.Co
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_pretrain, tmp_path_factory) -> Path:
     """SST-2 fine-tuned from the tiny checkpoint on a slice it can fit in a few epochs."""
-    out = tmp_path_factory.mktemp("ft") / "sst2"
     # Random batches (not length-grouped), so that the logged loss of the first and last windows compare
     # like for like; length grouping has tests of its own (test_transfer.py).
-    result = finetune("sst2", tiny_pretrain / "final", out, "max_train_samples=128", "max_steps=60",
-                      "group_by_length=false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return built_once(tmp_path_factory, "sst2", lambda out: _assert_ran(finetune(
+        "sst2", tiny_pretrain / "final", out, "max_train_samples=128", "max_steps=60", "group_by_length=false")))
 
 
 @pytest.fixture(scope="session")
 def tiny_qa(tiny_pretrain, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ft") / "squad"
-    result = finetune("squad", tiny_pretrain / "final", out, "max_length=128", "doc_stride=32",
-                      "max_train_samples=96", "max_steps=30", "max_eval_samples=24")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return built_once(tmp_path_factory, "squad", lambda out: _assert_ran(finetune(
+        "squad", tiny_pretrain / "final", out, "max_length=128", "doc_stride=32", "max_train_samples=96",
+        "max_steps=30", "max_eval_samples=24")))
 
 
 # Bring-your-own checkpoints: tiny causal LMs of each family the README names, built from configs.

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
-from conftest import bad_input_line, finetune, run_cli
+from conftest import bad_input_line, built_once, finetune, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_pretrain, tiny_classifier, tiny_qa, tmp_path_factory):
+def _fingerprints(files) -> dict[str, list]:
+    return {str(p): [hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns] for p in files}
+
+
+def _evaluate_three_times(folder: Path, tiny_pretrain: Path, tiny_classifier: Path, tiny_qa: Path) -> None:
     """A runs/ tree with one run of each kind plus an init=scratch control, evaluated three times:
-    by --ckpt, then everything (which writes the report), then everything again."""
-    runs = tmp_path_factory.mktemp("evaluate") / "runs"
+    by --ckpt, then everything (which writes the report), then everything again. Each pass's stdout
+    and the eval.json files between the last two passes are kept beside it."""
+    runs = folder / "runs"
     for src, dst in ((tiny_pretrain, "pretrain/tiny"), (tiny_classifier, "finetune/sst2"), (tiny_qa, "finetune/squad")):
         shutil.copytree(src, runs / dst, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     # The control: tiny_classifier's recipe, from random weights.
@@ -28,16 +34,24 @@ def evaluated(tiny_pretrain, tiny_classifier, tiny_qa, tmp_path_factory):
     assert scratch.returncode == 0, scratch.stderr[-3000:]
 
     finals = [runs / "pretrain/tiny/final", runs / "finetune/sst2/final", runs / "finetune/squad/final"]
-    by_ckpt = run_cli("evaluate", "--ckpt", *finals)
-    assert by_ckpt.returncode == 0, by_ckpt.stderr[-3000:]
-    reports = runs.parent / "reports"
-    first = run_cli("evaluate", "--runs", runs, "--report", reports)
-    assert first.returncode == 0, first.stderr[-3000:]
-    files = sorted(runs.glob("*/*/eval.json"))
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
-    second = run_cli("evaluate", "--runs", runs, "--report", reports)
-    assert second.returncode == 0, second.stderr[-3000:]
-    return SimpleNamespace(runs=runs, reports=reports, by_ckpt=by_ckpt, first=first, second=second, before=before)
+    passes = {"by_ckpt": ("--ckpt", *finals), "first": ("--runs", runs, "--report", folder / "reports"),
+              "second": ("--runs", runs, "--report", folder / "reports")}
+    for name, args in passes.items():
+        if name == "second":
+            (folder / "before.json").write_text(json.dumps(_fingerprints(sorted(runs.glob("*/*/eval.json")))))
+        result = run_cli("evaluate", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (folder / f"{name}.stdout").write_text(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_pretrain, tiny_classifier, tiny_qa, tmp_path_factory):
+    """The evaluated runs/ tree, built once for all workers (tests only read it), and each pass's stdout."""
+    folder = built_once(tmp_path_factory, "evaluated", lambda out: _evaluate_three_times(
+        out, tiny_pretrain, tiny_classifier, tiny_qa))
+    return SimpleNamespace(runs=folder / "runs", reports=folder / "reports",
+                           before=json.loads((folder / "before.json").read_text()),
+                           **{name: (folder / f"{name}.stdout").read_text() for name in ("by_ckpt", "first", "second")})
 
 
 def _eval(run) -> dict:
@@ -46,7 +60,7 @@ def _eval(run) -> dict:
 
 def test_every_kind_writes_eval_json(evaluated):
     runs = evaluated.runs
-    assert evaluated.by_ckpt.stdout.count("eval.json") == 3
+    assert evaluated.by_ckpt.count("eval.json") == 3
 
     lm = _eval(runs / "pretrain/tiny")
     assert lm["kind"] == "pretrain" and lm["evaluation"]["model_kind"] == "causal_lm"
@@ -75,10 +89,10 @@ def test_unchanged_checkpoints_are_skipped(evaluated):
     runs = ["pretrain/tiny", "finetune/sst2", "finetune/squad", "finetune/sst2-scratch"]
     # --ckpt evaluated three of them; fine-tuning itself recorded the fourth (its last evaluation is of
     # exactly these weights), so the first full pass re-evaluates nothing.
-    assert [r for r in runs if f"{r}: eval.json is up to date, skipped" in evaluated.first.stdout] == runs
+    assert [r for r in runs if f"{r}: eval.json is up to date, skipped" in evaluated.first] == runs
     assert _eval(evaluated.runs / runs[3])["evaluation"]["model_kind"] == "classifier"
-    assert all(f"{r}: eval.json is up to date, skipped" in evaluated.second.stdout for r in runs)
-    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in evaluated.before}
+    assert all(f"{r}: eval.json is up to date, skipped" in evaluated.second for r in runs)
+    after = _fingerprints(map(Path, evaluated.before))  # the second pass rewrote nothing
     assert after == evaluated.before and len(after) == 4
 
 
