@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pipeline import encoding, mixture, shards, streaming
 from pipeline.config import CorpusSource, PretrainConfig
-from pipeline.data import load_split, require_columns
+from pipeline.data import files_fingerprint, load_split, require_columns
 from pipeline.errors import PipelineError
 from pipeline.shards import PackedBlocks
 from pipeline.tokenizer import token_byte_lengths, train_tokenizer
@@ -81,9 +81,13 @@ def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 def build(cfg: PretrainConfig, log=print) -> PackedCorpus:
     """Load (or build and cache) the tokenizer and packed blocks for a pretraining recipe."""
     sources = cfg.sources()
-    corpus_key = _hash({"sources": [asdict(s) for s in sources], "max_documents": cfg.max_documents,
-                        "max_tokens": cfg.max_tokens, "holdout": cfg.holdout_documents, "seed": cfg.data_seed,
-                        "v": 3})  # v3: block shards of uint16/uint32 (v2: one uint32 file per split)
+    key = {"sources": [asdict(s) for s in sources], "max_documents": cfg.max_documents, "max_tokens": cfg.max_tokens,
+           "holdout": cfg.holdout_documents, "seed": cfg.data_seed,
+           "v": 3}  # v3: block shards of uint16/uint32 (v2: one uint32 file per split)
+    files = [files_fingerprint(s.dataset) for s in sources]
+    if any(files):  # the user's own files: an edit gives a new cache (hub ids keep the keys they had)
+        key["files"] = files
+    corpus_key = _hash(key)
     tok_key = _hash({"corpus": corpus_key, "vocab": cfg.vocab_size, "docs": cfg.tokenizer_documents})
     folder = cache_root() / f"corpus-{_hash({'tok': tok_key, 'seq_len': cfg.seq_len})}"
     if not (folder / "stats.json").is_file():

@@ -1,8 +1,10 @@
-"""Find a dataset by its hub id: a local mirror first, then the hub.
+"""Find a dataset: the user's own files by path, else a hub id in the local mirror, else on the hub.
 
-`PIPELINE_DATA_DIR` may hold copies laid out as `<owner>/<name>/`, each loadable with
+A recipe's `dataset` may be a path to a file or folder of the user's own data (FILE_BUILDERS says
+which types; a folder's splits come from its file names, as `datasets` reads a folder).
+`PIPELINE_DATA_DIR` may hold copies of hub datasets laid out as `<owner>/<name>/`, each loadable with
 `datasets.load_dataset(folder)` and carrying the hub's columns. Stages and tests use this
-one function, so switching between the mirror and the hub never changes their code.
+one function, so switching between files, the mirror and the hub never changes their code.
 """
 
 from __future__ import annotations
@@ -12,10 +14,61 @@ import os
 from pathlib import Path
 
 import datasets
+from datasets.data_files import DataFilesDict, get_data_patterns
 
 from pipeline.errors import PipelineError
 
 DATA_DIR_ENV = "PIPELINE_DATA_DIR"
+# The user's own files: the `datasets` builder each suffix names. A .txt file is one document (as litgpt's
+# TextFiles reads them), so a folder of articles or books keeps each one whole for the <bos> doc <eos>
+# packing; text with one document per line is JSON Lines ({"text": ...} a line) or CSV.
+FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def files_path(name: str) -> Path | None:
+    """`name` as the user's own files: an existing file or folder (relative to the working directory).
+    A name that looks like a path (it starts with /, ./, ../ or ~, or ends in a known suffix) but names
+    nothing is an error, not a hub id."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    if name.startswith(("/", "./", "../", "~")) or path.suffix.lower() in FILE_BUILDERS:
+        raise PipelineError(f"dataset {name}: no such file or folder (relative paths start at {Path.cwd()}): "
+                            "fix the path, or name a hub id such as stanfordnlp/imdb")
+    return None
+
+
+def data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
+    """(builder, split -> files) of a file or folder of the user's own data. A folder's splits come from
+    its file names as `datasets` reads them (train*, validation*/valid*/dev*, test*; every file is train
+    when none is named so); files of other types in it (a README) are left out."""
+    if path.is_file():
+        splits = {"train": [str(path)]}
+    else:
+        found = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+        splits = {str(split): [f for f in files if Path(f).suffix.lower() in FILE_BUILDERS]
+                  for split, files in found.items()}
+        splits = {split: files for split, files in splits.items() if files}
+    suffixes = sorted({Path(f).suffix.lower() for files in splits.values() for f in files})
+    kinds = ", ".join(FILE_BUILDERS)
+    if not suffixes or suffixes[0] not in FILE_BUILDERS:
+        found = f"is a {path.suffix or 'suffix-less'} file" if path.is_file() else "holds no data files"
+        raise PipelineError(f"dataset {path} {found}: give a file or folder of {kinds} files")
+    builders = {FILE_BUILDERS[s] for s in suffixes}
+    if len(builders) > 1:
+        raise PipelineError(f"dataset {path} mixes file types ({', '.join(suffixes)}): keep one type in a dataset "
+                            "folder, or name each file as its own dataset")
+    return builders.pop(), splits
+
+
+def files_fingerprint(name: str) -> list | None:
+    """What a cache built from the user's own files must notice: each file's split, path, size and time of
+    change (an edited file gives a new cache). None for a hub id, whose copies do not change in place."""
+    path = files_path(name)
+    if path is None:
+        return None
+    return [[split, file, os.stat(file).st_size, os.stat(file).st_mtime_ns]
+            for split, files in sorted(data_files(path)[1].items()) for file in files]
 
 
 def local_copy(hub_id: str) -> Path | None:
@@ -38,25 +91,35 @@ def load_split(hub_id: str, split: str, config: str | None = None) -> datasets.D
     return splits[split]
 
 
-def load_splits(hub_id: str, config: str | None = None) -> datasets.DatasetDict:
-    folder = local_copy(hub_id)
+def load_splits(hub_id: str, config: str | None = None, streaming: bool = False
+                ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """Every split of a dataset: the user's files, the mirror's copy or the hub's (`streaming`: IterableDatasets)."""
+    path = files_path(hub_id)
+    folder = local_copy(hub_id) if path is None else None
     # datasets logs a warning per missing cache file; keep the user's terminal for real news.
     datasets.logging.set_verbosity(logging.ERROR)
-    if folder is not None:
+    if path is not None or folder is not None:
         try:
-            return datasets.load_dataset(str(folder))
+            if path is not None:
+                builder, splits = data_files(path)
+                return datasets.load_dataset(builder, data_files=splits, streaming=streaming,
+                                             **({"sample_by": "document"} if builder == "text" else {}))
+            return datasets.load_dataset(str(folder), streaming=streaming)
+        except PipelineError:
+            raise
         except Exception as e:  # datasets wraps decode and schema errors in its own types
             cause = e.__cause__ or e.__context__ or e
             reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
-            raise PipelineError(f"cannot read the local copy of {hub_id} in {folder} ({type(cause).__name__}: "
-                                f"{reason}): its files must be UTF-8 text, CSV, JSON or Parquet") from None
+            where = f"the files of {path}" if path is not None else f"the local copy of {hub_id} in {folder}"
+            raise PipelineError(f"cannot read {where} ({type(cause).__name__}: {reason}): its files must be "
+                                "UTF-8 text, CSV, JSON or Parquet") from None
     where = os.environ.get(DATA_DIR_ENV)
     # With a mirror configured, an unreachable hub is the usual case, not a hiccup: huggingface_hub
     # would retry each request for ~25 s before failing. Ask once, and fail at once.
     reason = _hub_unreachable() if where else None
     if reason is None:
         try:
-            return datasets.load_dataset(hub_id, config)
+            return datasets.load_dataset(hub_id, config, streaming=streaming)
         except Exception as e:  # the hub raises many types: offline, not found, gated, bad config
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     mirror = f"{where}/{hub_id}/ does not exist" if where else f"{DATA_DIR_ENV} is not set"

@@ -1,7 +1,7 @@
 """Streaming sources: a mixture whose sources say `streaming: true` is tokenized and packed as training reads it.
 
-Each source is a `datasets` IterableDataset (`load_dataset(..., streaming=True)`, on the local mirror
-when there is one), so nothing is tokenized ahead and nothing is cached but the tokenizer and the
+Each source is a `datasets` IterableDataset (`load_dataset(..., streaming=True)` on the user's files,
+the local mirror or the hub: pipeline/data.py), so nothing is tokenized ahead and nothing is cached but the tokenizer and the
 validation blocks. Training blocks are the same `<bos> text <eos>` documents joined and cut into
 `seq_len` blocks as in the cached corpus (pipeline/corpus.py), so document masking works alike.
 
@@ -28,22 +28,15 @@ import torch
 
 from pipeline import encoding
 from pipeline.config import CorpusSource
-from pipeline.data import local_copy
+from pipeline.data import load_splits
 from pipeline.errors import PipelineError
 
 HOLDOUT_WINDOW = 10  # held-out rows are drawn from the first 10 × holdout_documents rows of a stream
 
 
 def open_stream(src: CorpusSource, split: str) -> datasets.IterableDataset:
-    """One split of a source as an IterableDataset: the mirror's copy when there is one, else the hub's."""
-    folder = local_copy(src.dataset)
-    try:
-        splits = datasets.load_dataset(str(folder) if folder else src.dataset, None if folder else src.dataset_config,
-                                       streaming=True)
-    except Exception as e:  # datasets and the hub raise many types: not found, offline, bad files
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise PipelineError(f"cannot stream dataset {src.dataset} ({reason}): give it a local mirror "
-                            "(PIPELINE_DATA_DIR) or hub access, or set streaming: false") from None
+    """One split of a source as an IterableDataset: the user's files, the mirror's copy or the hub's."""
+    splits = load_splits(src.dataset, src.dataset_config, streaming=True)
     if split not in splits:
         raise PipelineError(f"dataset {src.dataset} has no split '{split}' (it has: {', '.join(splits)}): "
                             "choose one of those in the recipe")

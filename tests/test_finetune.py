@@ -10,7 +10,7 @@ import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-from conftest import FINETUNE_TINY, bad_input_line, finetune, read_metrics, run_cli
+from conftest import FINETUNE_TINY, bad_input_line, read_metrics, run_cli
 from pipeline.errors import PipelineError
 from pipeline.heads import load_head
 

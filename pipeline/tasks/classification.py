@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from pipeline.config import FinetuneConfig
-from pipeline.data import require_columns
+from pipeline.data import load_splits, require_columns
 from pipeline.errors import PipelineError
 from pipeline.inference import run_model
 from pipeline.metrics import load_metric
@@ -27,6 +27,33 @@ class Classification(Task):
     kind = "classification"
     model_kind = "classifier"  # what checkpoint.model_kind calls a saved model of this family
     head = AutoModelForSequenceClassification
+
+    def load(self, cfg: FinetuneConfig, which: str) -> tuple[str, str, datasets.Dataset]:
+        hub_id, split, rows = super().load(cfg, which)
+        feature = rows.features.get(self.label_column)
+        if feature is not None and not isinstance(feature, datasets.ClassLabel):
+            # The user's own files (CSV, JSON Lines) carry bare labels. Their classes are the distinct values
+            # over every split, sorted, so every split, run and evaluation numbers them alike.
+            names = self._names_in_files(hub_id)
+            try:
+                rows = rows.cast_column(self.label_column, datasets.ClassLabel(names=names))
+            except ValueError as e:  # e.g. a negative id below -1
+                raise PipelineError(f"dataset {hub_id} split '{split}' column '{self.label_column}': "
+                                    f"{str(e).splitlines()[0][:160]}: use class names or ids 0..n-1") from None
+        return hub_id, split, rows
+
+    def _names_in_files(self, hub_id: str) -> list[str]:
+        values = set()
+        for rows in load_splits(hub_id, self.dataset_config).values():
+            if self.label_column in rows.column_names:
+                values.update(rows.unique(self.label_column))
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return [str(i) for i in range(max(values) + 1)]  # ids: each keeps its number (-1 stays "no label")
+        if not all(isinstance(v, str) for v in values):
+            kinds = sorted({type(v).__name__ for v in values})
+            raise PipelineError(f"dataset {hub_id} column '{self.label_column}' holds {', '.join(kinds)} values: "
+                                "a class label is a name (text) or an integer id")
+        return sorted(values)
 
     def label_names(self, rows: datasets.Dataset, hub_id: str, split: str) -> list[str]:
         require_columns(rows, [self.text_column, self.label_column], hub_id, split)
