@@ -246,9 +246,11 @@ class FinetuneConfig(TrainConfig):
     truncation_side: str = "right"
     doc_stride: int = 64  # QA: overlap between windows of a long context
     init: str = "pretrained"  # or "scratch": same architecture and tokenizer, random weights
-    dataset: str = ""  # override the task's dataset hub id (e.g. rajpurkar/squad with hub access)
+    dataset: str = ""  # override the task's dataset: a hub id (rajpurkar/squad with hub access) or your own files
     train_split: str = ""  # override the task's train split
     eval_split: str = ""  # override the task's evaluation split
+    text_column: str = ""  # the dataset's column that holds the task's text (QA: the context), if named otherwise
+    label_column: str = ""  # classification: the dataset's column of labels, if named otherwise
     n_best: int = 20
     max_answer_length: int = 30
     group_by_length: bool = True

@@ -41,15 +41,15 @@ def articles(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory) -> Path:
-    """SST-2 rows as train.csv and validation.csv, labelled by name ('negative', 'positive')."""
+    """SST-2 rows as train.csv and validation.csv, columns `review` and `sentiment` ('negative', 'positive')."""
     folder = tmp_path_factory.mktemp("own") / "reviews"
     folder.mkdir()
     sst2 = datasets.load_dataset(str(MIRROR / "stanfordnlp/sst2"))
     for split, n in (("train", 256), ("validation", 64)):
         rows = sst2[split].select(range(n))
         names = rows.features["label"].names
-        rows = rows.map(lambda r: {"verdict": names[r["label"]]}).remove_columns(["label", "idx"])
-        rows.rename_column("verdict", "label").to_csv(str(folder / f"{split}.csv"), index=False)
+        rows = rows.map(lambda r: {"review": r["sentence"], "sentiment": names[r["label"]]})
+        rows.select_columns(["review", "sentiment"]).to_csv(str(folder / f"{split}.csv"), index=False)
     return folder
 
 
@@ -91,7 +91,8 @@ def test_pretraining_on_own_text_files_learns_and_rebuilds_its_cache_when_a_file
 def test_fine_tuning_on_own_csv_names_the_classes_and_evaluates_alike(reviews, tiny_pretrain, tmp_path, capsys):
     out = tmp_path / "sst2"
     main(["finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"), "--recipe", str(FINETUNE_TINY),
-          "--out", str(out), f"dataset={reviews}", "eval_split=validation", "max_steps=20"])
+          "--out", str(out), f"dataset={reviews}", "eval_split=validation", "text_column=review",
+          "label_column=sentiment", "max_steps=20"])
     assert "256 train examples (train), 64 eval examples (validation)" in capsys.readouterr().out
     model = AutoModelForSequenceClassification.from_pretrained(out / "final")
     assert model.config.id2label == {0: "negative", 1: "positive"}  # the names in the files, sorted
@@ -125,18 +126,23 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["missing path", "mixed types", "unknown type", "float labels"])
-def test_bad_own_data_is_one_line_and_exit_2(case, tiny_pretrain, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing path", "mixed types", "unknown type", "float labels", "no such column",
+                                  "labels for QA"])
+def test_bad_own_data_is_one_line_and_exit_2(case, reviews, tiny_pretrain, tmp_path, capsys):
+    task, extra = ("squad", ["label_column=answer"]) if case == "labels for QA" else ("sst2", [])
+    extra += ["label_column=verdict"] if case == "no such column" else []
     dataset, expected = {
         "missing path": (tmp_path / "nowhere", "no such file or folder"),
         "mixed types": (_write(tmp_path / "mixed" / "a.csv", "text,label\nx,1\n").parent, "mixes file types (.csv, .jsonl)"),
         "unknown type": (_write(tmp_path / "notes.docx", "x"), "is a .docx file"),
         "float labels": (_write(tmp_path / "scores.csv", "sentence,label\ngood,0.5\nbad,1.5\n"), "holds float values"),
+        "no such column": (reviews, "has no column 'verdict' (columns: review, sentiment)"),
+        "labels for QA": (MIRROR / "local/squad_v1.1_dev_split", "label_column is for classification tasks; squad"),
     }[case]
     if case == "mixed types":
         _write(dataset / "b.jsonl", '{"text": "y", "label": 0}\n')
-    argv = ["finetune", "--task", "sst2", "--ckpt", tiny_pretrain / "final", "--recipe", FINETUNE_TINY,
-            "--out", tmp_path / "out", f"dataset={dataset}", "eval_split=train"]
+    argv = ["finetune", "--task", task, "--ckpt", tiny_pretrain / "final", "--recipe", FINETUNE_TINY,
+            "--out", tmp_path / "out", f"dataset={dataset}", "eval_split=train", *extra]
     assert expected in bad_input_line(argv, capsys)
     assert not (tmp_path / "out").exists()  # nothing written
 

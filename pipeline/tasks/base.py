@@ -8,7 +8,8 @@ from typing import ClassVar
 import datasets
 
 from pipeline.config import FinetuneConfig
-from pipeline.data import load_split
+from pipeline.data import load_split, require_columns
+from pipeline.errors import PipelineError
 
 
 EVAL_SAMPLE_SEED = 1337  # the default seed: eval samples stay those of the runs before seeds varied
@@ -42,10 +43,24 @@ class Task:
         else:
             split = cfg.eval_split or self.eval_split
             limit = cfg.max_eval_samples
-        rows = load_split(hub_id, split, self.dataset_config)
+        rows = self._renamed(load_split(hub_id, split, self.dataset_config), cfg, hub_id, split)
         if limit is not None and limit < len(rows):
             # A seeded shuffle first: some files are sorted by label, and a prefix would hold one class.
             # The eval sample never depends on the run's seed, so runs with different seeds are scored
             # on the same examples; the train sample does (another seed, another sample).
             rows = rows.shuffle(seed=cfg.seed if which == "train" else EVAL_SAMPLE_SEED).select(range(limit))
         return hub_id, split, rows
+
+    def _renamed(self, rows: datasets.Dataset, cfg: FinetuneConfig, hub_id: str, split: str) -> datasets.Dataset:
+        """The recipe's `text_column` and `label_column` (a dataset that names them otherwise, such as the
+        user's own files) renamed to the task's, so that every later step reads the task's names."""
+        own_label = getattr(self, "label_column", None)
+        if cfg.label_column and own_label is None:
+            raise PipelineError(f"label_column is for classification tasks; {self.name} has no labels: "
+                                "remove it from the recipe")
+        for given, own in ((cfg.text_column, self.text_column), (cfg.label_column, own_label)):
+            if given and given != own:
+                require_columns(rows, [given], hub_id, split)
+                rows = rows.remove_columns([own]) if own in rows.column_names else rows
+                rows = rows.rename_column(given, own)
+        return rows

@@ -34,7 +34,7 @@ class Classification(Task):
         if feature is not None and not isinstance(feature, datasets.ClassLabel):
             # The user's own files (CSV, JSON Lines) carry bare labels. Their classes are the distinct values
             # over every split, sorted, so every split, run and evaluation numbers them alike.
-            names = self._names_in_files(hub_id)
+            names = self._names_in_files(hub_id, cfg.label_column or self.label_column)
             try:
                 rows = rows.cast_column(self.label_column, datasets.ClassLabel(names=names))
             except ValueError as e:  # e.g. a negative id below -1
@@ -42,16 +42,16 @@ class Classification(Task):
                                     f"{str(e).splitlines()[0][:160]}: use class names or ids 0..n-1") from None
         return hub_id, split, rows
 
-    def _names_in_files(self, hub_id: str) -> list[str]:
+    def _names_in_files(self, hub_id: str, column: str) -> list[str]:
         values = set()
         for rows in load_splits(hub_id, self.dataset_config).values():
-            if self.label_column in rows.column_names:
-                values.update(rows.unique(self.label_column))
+            if column in rows.column_names:
+                values.update(rows.unique(column))
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return [str(i) for i in range(max(values) + 1)]  # ids: each keeps its number (-1 stays "no label")
         if not all(isinstance(v, str) for v in values):
             kinds = sorted({type(v).__name__ for v in values})
-            raise PipelineError(f"dataset {hub_id} column '{self.label_column}' holds {', '.join(kinds)} values: "
+            raise PipelineError(f"dataset {hub_id} column '{column}' holds {', '.join(kinds)} values: "
                                 "a class label is a name (text) or an integer id")
         return sorted(values)
 
