@@ -30,7 +30,7 @@ def files_path(name: str) -> Path | None:
     A name that looks like a path (it starts with /, ./, ../ or ~, or ends in a known suffix) but names
     nothing is an error, not a hub id."""
     path = Path(name).expanduser()
-    if path.exists():
+    if name and path.exists():  # "" would be the working directory
         return path.resolve()
     if name.startswith(("/", "./", "../", "~")) or path.suffix.lower() in FILE_BUILDERS:
         raise PipelineError(f"dataset {name}: no such file or folder (relative paths start at {Path.cwd()}): "

@@ -10,8 +10,11 @@ plain transformers, whole, holding the body that was trained from the checkpoint
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
+import datasets
 import pytest
 import torch
 import transformers
@@ -25,7 +28,7 @@ from pipeline.recipe import load_recipe
 from pipeline.heads import load_head, transformer_blocks
 from pipeline.optim import CombinedOptimizer, build_optimizer, parameter_depths
 from pipeline.pooling import add_mean_pooling_layer
-from pipeline.tasks import TASKS
+from pipeline.tasks import OWN_DATA_TASKS, TASKS, get_task
 
 RECIPES = sorted(path.stem for path in (ROOT / "recipes" / "finetune").glob("*.yaml") if path.stem != "tiny")
 FEW_STEPS = ["max_steps=2", "eval_steps=2", "save_steps=2", "logging_steps=1", "max_train_samples=64",
@@ -50,8 +53,21 @@ def byo_checkpoint(byo_texts, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def own_files(tmp_path_factory) -> Path:
+    """The own-data task's files: real SST-2 rows as train.csv and test.csv, labels by name."""
+    folder = tmp_path_factory.mktemp("own")
+    sst2 = datasets.load_dataset(str(Path(os.environ["PIPELINE_DATA_DIR"]) / "stanfordnlp/sst2"), split="train")
+    names = sst2.features["label"].names
+    for split, rows in (("train", range(128)), ("test", range(128, 192))):
+        part = sst2.select(rows).map(lambda r: {"text": r["sentence"], "class": names[r["label"]]})
+        part.select_columns(["text", "class"]).rename_column("class", "label").to_csv(str(folder / f"{split}.csv"), index=False)
+    return folder
+
+
 def test_every_recipe_is_covered():
-    assert set(RECIPES) == set(TASKS)  # one default recipe per task, each run below against every family
+    # One default recipe per task (the benchmark's and the own-data ones), each run below against every family.
+    assert set(RECIPES) == set(TASKS) | set(OWN_DATA_TASKS)
 
 
 def is_mean_block(block) -> bool:
@@ -64,10 +80,11 @@ def is_mean_block(block) -> bool:
 
 @pytest.mark.parametrize("family", BYO_FAMILIES)
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_default_recipe_fine_tunes_each_family(recipe, family, byo_checkpoint, tmp_path, capsys):
-    ckpt, out, task, cfg = byo_checkpoint(family), tmp_path / recipe, TASKS[recipe], default_recipe(recipe)
+def test_default_recipe_fine_tunes_each_family(recipe, family, byo_checkpoint, own_files, tmp_path, capsys):
+    ckpt, out, task, cfg = byo_checkpoint(family), tmp_path / recipe, get_task(recipe), default_recipe(recipe)
+    files = [f"dataset={own_files}"] if recipe in OWN_DATA_TASKS else []
     main(["finetune", "--task", recipe, "--ckpt", str(ckpt), "--recipe", str(ROOT / "recipes" / "finetune" /
-          f"{recipe}.yaml"), "--out", str(out), *FEW_STEPS])  # exit 2 or a traceback fails the test here
+          f"{recipe}.yaml"), "--out", str(out), *FEW_STEPS, *files])  # exit 2 or a traceback fails the test here
     assert not FALLBACK.search(capsys.readouterr().out)  # every lever applied, none fell back
     assert task.headline in json.loads((out / "eval.json").read_text())["evaluation"]["metrics"]
 

@@ -1,7 +1,7 @@
 """A recipe's `dataset` may be the user's own files: a folder or one file of text, JSON Lines, CSV or Parquet.
 
-Pretraining reads a folder of .txt files, one document per file; fine-tuning reads CSV files with class
-names for labels. The files are real rows of the mirrored datasets, written out as a user would have them.
+Pretraining reads a folder of .txt files, one document per file; fine-tuning (the `classify` task) reads CSV
+files with class names for labels. The files are real rows of the mirrored datasets, written out as a user would have them.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def test_pretraining_on_own_text_files_learns_and_rebuilds_its_cache_when_a_file
 
 
 def test_fine_tuning_on_own_csv_names_the_classes_and_evaluates_alike(reviews, tiny_pretrain, tmp_path, capsys):
-    out = tmp_path / "sst2"
-    main(["finetune", "--task", "sst2", "--ckpt", str(tiny_pretrain / "final"), "--recipe", str(FINETUNE_TINY),
+    out = tmp_path / "classify"
+    main(["finetune", "--task", "classify", "--ckpt", str(tiny_pretrain / "final"), "--recipe", str(FINETUNE_TINY),
           "--out", str(out), f"dataset={reviews}", "eval_split=validation", "text_column=review",
           "label_column=sentiment", "max_steps=20"])
     assert "256 train examples (train), 64 eval examples (validation)" in capsys.readouterr().out
@@ -127,9 +127,10 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing path", "mixed types", "unknown type", "float labels", "no such column",
-                                  "labels for QA"])
+                                  "labels for QA", "classify without files"])
 def test_bad_own_data_is_one_line_and_exit_2(case, reviews, tiny_pretrain, tmp_path, capsys):
-    task, extra = ("squad", ["label_column=answer"]) if case == "labels for QA" else ("sst2", [])
+    task, extra = {"labels for QA": ("squad", ["label_column=answer"]), "classify without files": ("classify", [])
+                   }.get(case, ("sst2", []))
     extra += ["label_column=verdict"] if case == "no such column" else []
     dataset, expected = {
         "missing path": (tmp_path / "nowhere", "no such file or folder"),
@@ -138,6 +139,7 @@ def test_bad_own_data_is_one_line_and_exit_2(case, reviews, tiny_pretrain, tmp_p
         "float labels": (_write(tmp_path / "scores.csv", "sentence,label\ngood,0.5\nbad,1.5\n"), "holds float values"),
         "no such column": (reviews, "has no column 'verdict' (columns: review, sentiment)"),
         "labels for QA": (MIRROR / "local/squad_v1.1_dev_split", "label_column is for classification tasks; squad"),
+        "classify without files": ("", "task classify reads your own files: name them with dataset=path/to/folder"),
     }[case]
     if case == "mixed types":
         _write(dataset / "b.jsonl", '{"text": "y", "label": 0}\n')

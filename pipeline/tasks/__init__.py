@@ -22,10 +22,17 @@ TASKS = {
     "squad": ExtractiveQA("squad", "local/squad_v1.1_dev_split", eval_split="validation", text_column="context"),
 }
 
+# Your own labelled data: no dataset of its own, `dataset=path` names the files (docs/recipes.md#your-own-data).
+# Outside the benchmark: studies, curves, baselines and the scoreboard's tables read TASKS only.
+OWN_DATA_TASKS = {
+    "classify": Classification("classify", ""),
+}
+
 
 def get_task(name: str):
+    names = ", ".join([*TASKS, *OWN_DATA_TASKS])
     if not name:  # `make finetune` without TASK=...
-        raise PipelineError(f"no task given: pass --task (make TASK=...), one of {', '.join(TASKS)}")
-    if name not in TASKS:
-        raise PipelineError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
-    return TASKS[name]
+        raise PipelineError(f"no task given: pass --task (make TASK=...), one of {names}")
+    if name not in TASKS and name not in OWN_DATA_TASKS:
+        raise PipelineError(f"unknown task {name!r}: use one of {names}")
+    return TASKS.get(name) or OWN_DATA_TASKS[name]

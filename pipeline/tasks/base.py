@@ -37,6 +37,9 @@ class Task:
     def load(self, cfg: FinetuneConfig, which: str) -> tuple[str, str, datasets.Dataset]:
         """(hub id, split name, rows) of the train or eval split, honouring recipe overrides."""
         hub_id = cfg.dataset or self.dataset
+        if not hub_id:
+            raise PipelineError(f"task {self.name} reads your own files: name them with dataset=path/to/folder "
+                                f"(make finetune TASK={self.name} ARGS=\"dataset=...\")")
         if which == "train":
             split = cfg.train_split or self.train_split
             limit = cfg.max_train_samples
