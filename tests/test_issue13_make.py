@@ -80,5 +80,5 @@ def test_a_task_target_without_task_names_the_tasks(target):
     assert result.returncode == 2
     first, last = result.stderr.strip().splitlines()
     assert first == ("error: no task given: pass --task (make TASK=...), one of sst2, rotten_tomatoes, imdb, ag_news, "
-                     "trec, emotion, squad")
+                     "trec, emotion, squad, classify")
     assert re.search(rf"make: \*\*\* \[Makefile:\d+: {target}\] Error 2$", last)
