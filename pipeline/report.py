@@ -22,7 +22,7 @@ from pipeline import curves
 from pipeline.baselines import MODELS as BASELINES
 from pipeline.json_files import read_json, write_json
 from pipeline.machine import label
-from pipeline.tasks import TASKS
+from pipeline.tasks import OWN_DATA_TASKS, TASKS
 
 DASH = "—"
 # (task, model, metric, published figure, source): other models, data and compute than ours.
@@ -159,14 +159,19 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
              "changes the head's init, the training sample and the data order) shows the mean over its seeds, "
              "and the sd between them. Baselines train on the task's full train split. " + TIMES, ""]
     bars: dict[str, dict[str, float]] = {}  # task → model → headline metric
-    for family, title in (("classification", "Classification"), ("qa", "Extractive QA")):
+    sections = [("classification", "Classification", [n for n, t in TASKS.items() if t.kind == "classification"]),
+                ("qa", "Extractive QA", [n for n, t in TASKS.items() if t.kind == "qa"])]
+    own = [n for n in OWN_DATA_TASKS if seed_folders(n, "pretrained", runs) or seed_folders(n, "scratch", runs)]
+    if own:  # the user's own data: its runs are shown, but kept out of the benchmark's mean gain and plots
+        sections.append(("classification", "Your own data", own))
+    for family, title, names in sections:
         (_, label), (_, label2) = METRICS[family]
         lines += [f"### {title}", "",
                   f"| task | model | {label} | sd (seeds) | 95% interval | {label2} | gain from pretraining | "
                   "eval examples | training time | wall time |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         gains = {}
-        for name in (n for n, t in TASKS.items() if t.kind == family):
+        for name in names:
             rows = {model: row for model, row in _task_rows(name, family, runs, baseline_dir).items()
                     if row.score is not None}
             if not rows:
@@ -181,8 +186,11 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
                 lines.append(f"| {name} | {model} | {_num(row.score, 1)} | {spread} | {_interval_text(row.interval)} | "
                              f"{_num(row.score2, 1)} | {gain} | {_count(row.examples, exact=True)} | "
                              f"{_duration(row.train_seconds)} | {_duration(row.wall_seconds)} |")
-            bars[name] = {model: row.score for model, row in rows.items()}
-        if family == "classification":
+            if name in TASKS:
+                bars[name] = {model: row.score for model, row in rows.items()}
+        if title == "Your own data":
+            lines += ["", "Fine-tuned on the user's own files (`dataset=`): outside the benchmark's mean gain and plots."]
+        if title == "Classification":
             lines += ["", "The interval is a 95% bootstrap over the eval examples (1,000 resamples of the confusion "
                           "matrix) of the run at the recipe's seed: two runs whose intervals overlap widely are not "
                           "told apart by this eval set. Times are per run, averaged over seeds."]

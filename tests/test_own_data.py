@@ -89,7 +89,7 @@ def test_pretraining_on_own_text_files_learns_and_rebuilds_its_cache_when_a_file
 
 
 def test_fine_tuning_on_own_csv_names_the_classes_and_evaluates_alike(reviews, tiny_pretrain, tmp_path, capsys):
-    out = tmp_path / "classify"
+    out = tmp_path / "runs" / "finetune" / "classify"
     main(["finetune", "--task", "classify", "--ckpt", str(tiny_pretrain / "final"), "--recipe", str(FINETUNE_TINY),
           "--out", str(out), f"dataset={reviews}", "eval_split=validation", "text_column=review",
           "label_column=sentiment", "max_steps=20"])
@@ -104,6 +104,13 @@ def test_fine_tuning_on_own_csv_names_the_classes_and_evaluates_alike(reviews, t
     assert f"{out}: accuracy" in capsys.readouterr().out
     again = json.loads((out / "eval.json").read_text())
     assert again["evaluation"]["metrics"]["accuracy"] == pytest.approx(record["evaluation"]["metrics"]["accuracy"])
+
+    # The scoreboard shows the run in a section of its own, outside the benchmark's mean gain.
+    main(["evaluate", "--runs", str(tmp_path / "runs"), "--report", str(tmp_path / "reports")])
+    board = (tmp_path / "reports" / "scoreboard.md").read_text()
+    own = board[board.index("### Your own data"):]
+    accuracy = again["evaluation"]["metrics"]["accuracy"] * 100
+    assert f"| classify | pretrained | {accuracy:.1f} |" in own and "Mean gain" not in board
 
 
 def test_integer_labels_keep_their_numbers(tmp_path):

@@ -23,7 +23,7 @@ TASKS = {
 }
 
 # Your own labelled data: no dataset of its own, `dataset=path` names the files (docs/recipes.md#your-own-data).
-# Outside the benchmark: studies, curves, baselines and the scoreboard's tables read TASKS only.
+# Outside the benchmark: studies, curves, baselines and the scoreboard's mean gain read TASKS only.
 OWN_DATA_TASKS = {
     "classify": Classification("classify", ""),
 }
