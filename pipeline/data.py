@@ -19,9 +19,10 @@ from datasets.data_files import DataFilesDict, get_data_patterns
 from pipeline.errors import PipelineError
 
 DATA_DIR_ENV = "PIPELINE_DATA_DIR"
-# The user's own files: the `datasets` builder each suffix names. A .txt file is one document (as litgpt's
-# TextFiles reads them), so a folder of articles or books keeps each one whole for the <bos> doc <eos>
-# packing; text with one document per line is JSON Lines ({"text": ...} a line) or CSV.
+# The user's own files: the `datasets` builder each suffix names. In a folder, a .txt file is one document
+# (as litgpt's TextFiles reads them), so articles or books stay whole for the <bos> doc <eos> packing; one
+# .txt file alone (nanoGPT's input.txt) is one document per paragraph, the text between blank lines, so
+# that it can be held out from and cut into documents of a sane size. One document per line: JSON Lines or CSV.
 FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -102,8 +103,8 @@ def load_splits(hub_id: str, config: str | None = None, streaming: bool = False
         try:
             if path is not None:
                 builder, splits = data_files(path)
-                return datasets.load_dataset(builder, data_files=splits, streaming=streaming,
-                                             **({"sample_by": "document"} if builder == "text" else {}))
+                text = {"sample_by": "document" if path.is_dir() else "paragraph"} if builder == "text" else {}
+                return datasets.load_dataset(builder, data_files=splits, streaming=streaming, **text)
             return datasets.load_dataset(str(folder), streaming=streaming)
         except PipelineError:
             raise

@@ -1,7 +1,8 @@
 """A recipe's `dataset` may be the user's own files: a folder or one file of text, JSON Lines, CSV or Parquet.
 
-Pretraining reads a folder of .txt files, one document per file; fine-tuning (the `classify` task) reads CSV
-files with class names for labels. The files are real rows of the mirrored datasets, written out as a user would have them.
+Pretraining reads a folder of .txt files, one document per file (a lone .txt file, one a paragraph);
+fine-tuning (the `classify` task) reads CSV files with class names for labels. The files are real rows
+of the mirrored datasets, written out as a user would have them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def test_a_folder_of_text_files_is_one_document_a_file(articles):
     # Streamed, the same documents in the same order.
     stream = streaming.open_stream(CorpusSource(str(articles), eval_split=None), "train")
     assert [row["text"] for row in stream] == splits["train"]["text"]
+
+
+def test_one_text_file_alone_is_one_document_a_paragraph(articles):
+    content = "\n\n".join((articles / f"article-{i:02d}.txt").read_text() for i in range(3))
+    single = articles.parent / "input.txt"
+    single.write_text(content)
+    rows = load_splits(str(single))["train"]["text"]
+    first = [(articles / f"article-{i:02d}.txt").read_text().split("\n\n")[0] for i in range(3)]
+    assert all(paragraph in rows for paragraph in first) and len(rows) > 3
+    assert all(row in content and "\n\n" not in row for row in rows)
 
 
 def test_pretraining_on_own_text_files_learns_and_rebuilds_its_cache_when_a_file_changes(articles, tmp_path, capsys):
