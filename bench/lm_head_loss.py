@@ -38,11 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 from pipeline import machine, precision  # noqa: E402
 from pipeline.json_files import write_json  # noqa: E402
 
-AUTOCAST = {"enabled": False}  # set in main(): bf16 autocast where `mixed_precision: auto` would use it
+
+def autocast(hidden: torch.Tensor):
+    """bf16 autocast exactly when the hidden states arrive in bf16, as they do under the loop's autocast."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=hidden.dtype == torch.bfloat16)
 
 
 def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["enabled"]):
+    with autocast(hidden):
         return hidden @ weight.t()
 
 
@@ -77,7 +80,7 @@ class GradientInForward(torch.autograd.Function):
             total += (lse - logits[rows, t]).sum()
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             grad[rows, t] -= 1  # d NLL / d logits, summed over the chunk
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["enabled"]):
+            with autocast(hidden):
                 grad_hidden[s:s + chunk] = grad @ weight
                 grad_weight += (grad.t() @ h).float()
         ctx.save_for_backward(grad_hidden / len(targets), grad_weight / len(targets))
@@ -123,11 +126,11 @@ def main() -> None:
     a = ap.parse_args()
 
     mode = precision.resolve(a.precision, torch.device("cpu"))
-    AUTOCAST["enabled"] = mode.mode == "bf16"
     print(f"precision: {mode.reason}")
     g = torch.Generator().manual_seed(0)
-    # The hidden states arrive in bf16 under autocast, in fp32 without; the head's weights are fp32 masters.
-    hidden = torch.randn(a.tokens, a.hidden, generator=g).to(torch.bfloat16 if AUTOCAST["enabled"] else torch.float32)
+    # The hidden states arrive in bf16 under autocast, in fp32 without (and their dtype turns the head's autocast
+    # on or off); the head's weights are fp32 masters.
+    hidden = torch.randn(a.tokens, a.hidden, generator=g).to(torch.bfloat16 if mode.mode == "bf16" else torch.float32)
     hidden.requires_grad_()
     weight = (0.02 * torch.randn(a.vocab, a.hidden, generator=g)).requires_grad_()
     targets = torch.randint(0, a.vocab, (a.tokens,), generator=g)
