@@ -43,18 +43,20 @@ def data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
     """(builder, split -> files) of a file or folder of the user's own data. A folder's splits come from
     its file names as `datasets` reads them (train*, validation*/valid*/dev*, test*; every file is train
     when none is named so); files of other types in it (a README) are left out."""
+    kinds = ", ".join(FILE_BUILDERS)
     if path.is_file():
+        if path.suffix.lower() not in FILE_BUILDERS:
+            raise PipelineError(f"dataset {path} is a {path.suffix or 'suffix-less'} file: give a file or folder "
+                                f"of {kinds} files")
         splits = {"train": [str(path)]}
     else:
         found = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
         splits = {str(split): [f for f in files if Path(f).suffix.lower() in FILE_BUILDERS]
                   for split, files in found.items()}
         splits = {split: files for split, files in splits.items() if files}
+        if not splits:
+            raise PipelineError(f"dataset {path} holds no data files: give a file or folder of {kinds} files")
     suffixes = sorted({Path(f).suffix.lower() for files in splits.values() for f in files})
-    kinds = ", ".join(FILE_BUILDERS)
-    if not suffixes or suffixes[0] not in FILE_BUILDERS:
-        found = f"is a {path.suffix or 'suffix-less'} file" if path.is_file() else "holds no data files"
-        raise PipelineError(f"dataset {path} {found}: give a file or folder of {kinds} files")
     builders = {FILE_BUILDERS[s] for s in suffixes}
     if len(builders) > 1:
         raise PipelineError(f"dataset {path} mixes file types ({', '.join(suffixes)}): keep one type in a dataset "
@@ -63,13 +65,13 @@ def data_files(path: Path) -> tuple[str, dict[str, list[str]]]:
 
 
 def files_fingerprint(name: str) -> list | None:
-    """What a cache built from the user's own files must notice: each file's split, path, size and time of
+    """What a cache built from the user's own files must notice: each file's path, size and time of
     change (an edited file gives a new cache). None for a hub id, whose copies do not change in place."""
     path = files_path(name)
     if path is None:
         return None
-    return [[split, file, os.stat(file).st_size, os.stat(file).st_mtime_ns]
-            for split, files in sorted(data_files(path)[1].items()) for file in files]
+    stats = {file: os.stat(file) for files in data_files(path)[1].values() for file in files}
+    return [[file, stat.st_size, stat.st_mtime_ns] for file, stat in sorted(stats.items())]
 
 
 def local_copy(hub_id: str) -> Path | None:
@@ -100,14 +102,14 @@ def load_splits(hub_id: str, config: str | None = None, streaming: bool = False
     # datasets logs a warning per missing cache file; keep the user's terminal for real news.
     datasets.logging.set_verbosity(logging.ERROR)
     if path is not None or folder is not None:
+        if path is not None:  # the user's files: which builder reads them, and their splits
+            builder, files = data_files(path)
+            text = {"sample_by": "document" if path.is_dir() else "paragraph"} if builder == "text" else {}
+            args, kwargs = (builder,), {"data_files": files, **text}
+        else:
+            args, kwargs = (str(folder),), {}
         try:
-            if path is not None:
-                builder, splits = data_files(path)
-                text = {"sample_by": "document" if path.is_dir() else "paragraph"} if builder == "text" else {}
-                return datasets.load_dataset(builder, data_files=splits, streaming=streaming, **text)
-            return datasets.load_dataset(str(folder), streaming=streaming)
-        except PipelineError:
-            raise
+            return datasets.load_dataset(*args, streaming=streaming, **kwargs)
         except Exception as e:  # datasets wraps decode and schema errors in its own types
             cause = e.__cause__ or e.__context__ or e
             reason = str(cause).splitlines()[0][:160] if str(cause) else type(cause).__name__
