@@ -159,12 +159,13 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
              "changes the head's init, the training sample and the data order) shows the mean over its seeds, "
              "and the sd between them. Baselines train on the task's full train split. " + TIMES, ""]
     bars: dict[str, dict[str, float]] = {}  # task → model → headline metric
-    sections = [("classification", "Classification", [n for n, t in TASKS.items() if t.kind == "classification"]),
-                ("qa", "Extractive QA", [n for n, t in TASKS.items() if t.kind == "qa"])]
+    # (family, title, tasks, benchmark): the user's own data is shown, but kept out of the mean gain and plots.
+    sections = [("classification", "Classification", [n for n, t in TASKS.items() if t.kind == "classification"], True),
+                ("qa", "Extractive QA", [n for n, t in TASKS.items() if t.kind == "qa"], True)]
     own = [n for n in OWN_DATA_TASKS if seed_folders(n, "pretrained", runs) or seed_folders(n, "scratch", runs)]
-    if own:  # the user's own data: its runs are shown, but kept out of the benchmark's mean gain and plots
-        sections.append(("classification", "Your own data", own))
-    for family, title, names in sections:
+    if own:
+        sections.append(("classification", "Your own data", own, False))
+    for family, title, names, benchmark in sections:
         (_, label), (_, label2) = METRICS[family]
         lines += [f"### {title}", "",
                   f"| task | model | {label} | sd (seeds) | 95% interval | {label2} | gain from pretraining | "
@@ -186,11 +187,11 @@ def _finetune_section(runs: dict[str, Path], baseline_dir: Path, out: Path) -> l
                 lines.append(f"| {name} | {model} | {_num(row.score, 1)} | {spread} | {_interval_text(row.interval)} | "
                              f"{_num(row.score2, 1)} | {gain} | {_count(row.examples, exact=True)} | "
                              f"{_duration(row.train_seconds)} | {_duration(row.wall_seconds)} |")
-            if name in TASKS:
+            if benchmark:
                 bars[name] = {model: row.score for model, row in rows.items()}
-        if title == "Your own data":
+        if not benchmark:
             lines += ["", "Fine-tuned on the user's own files (`dataset=`): outside the benchmark's mean gain and plots."]
-        if title == "Classification":
+        elif family == "classification":
             lines += ["", "The interval is a 95% bootstrap over the eval examples (1,000 resamples of the confusion "
                           "matrix) of the run at the recipe's seed: two runs whose intervals overlap widely are not "
                           "told apart by this eval set. Times are per run, averaged over seeds."]

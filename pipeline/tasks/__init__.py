@@ -30,9 +30,9 @@ OWN_DATA_TASKS = {
 
 
 def get_task(name: str):
-    names = ", ".join([*TASKS, *OWN_DATA_TASKS])
+    tasks = {**TASKS, **OWN_DATA_TASKS}
     if not name:  # `make finetune` without TASK=...
-        raise PipelineError(f"no task given: pass --task (make TASK=...), one of {names}")
-    if name not in TASKS and name not in OWN_DATA_TASKS:
-        raise PipelineError(f"unknown task {name!r}: use one of {names}")
-    return TASKS.get(name) or OWN_DATA_TASKS[name]
+        raise PipelineError(f"no task given: pass --task (make TASK=...), one of {', '.join(tasks)}")
+    if name not in tasks:
+        raise PipelineError(f"unknown task {name!r}: use one of {', '.join(tasks)}")
+    return tasks[name]
